@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Create .venv with everything sglang-mixkv needs. Idempotent: a stamp holding the hash
+# of this script and its requirement files makes a second run a no-op.
+#
+#   GPU (nvidia-smi works): sglang==0.5.17 with its own dependencies (CUDA torch 2.11).
+#   CPU: DESIGN.md section 5 - CPU torch 2.13.0 first, sglang without its CUDA deps,
+#        the pure-Python list under a constraint that pins torch, and a torchvision
+#        schema shim as the venv's sitecustomize.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+
+if [ -n "${MIXKV_DEVICE:-}" ]; then device=$MIXKV_DEVICE
+elif command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then device=gpu
+else device=cpu; fi
+
+stamp="$VENV/.mixkv-setup"
+want=$(cat scripts/setup.sh scripts/sitecustomize.py scripts/requirements-*.txt pyproject.toml \
+       | sha256sum | cut -c1-16)-$device
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  echo "setup: $VENV is up to date ($device)"; exit 0
+fi
+
+start=$(date +%s)
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
+pip install --upgrade pip
+
+if [ "$device" = gpu ]; then
+  pip install "sglang==0.5.17"
+else
+  pip install "torch==2.13.0"
+  torch_version=$("$VENV/bin/python" -c 'import torch; print(torch.__version__)')
+  cons="$VENV/constraints.txt"
+  echo "torch==$torch_version" > "$cons"
+  pip install --no-deps "sglang==0.5.17" "torchvision==0.28.0" "triton==3.9.0"
+  pip install -c "$cons" -r scripts/requirements-cpu.txt
+  site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  cp scripts/sitecustomize.py "$site/sitecustomize.py"
+fi
+cons_arg=()
+[ -f "$VENV/constraints.txt" ] && cons_arg=(-c "$VENV/constraints.txt")
+pip install "${cons_arg[@]}" -r scripts/requirements-dev.txt
+pip install "${cons_arg[@]}" --no-deps -e .
+
+"$VENV/bin/python" -c 'import sglang, torch, sglang_mixkv, harness; print("setup: sglang", sglang.__version__, "torch", torch.__version__)'
+echo "$want" > "$stamp"
+echo "setup: done in $(( $(date +%s) - start ))s, venv $(du -sh "$VENV" | cut -f1)"

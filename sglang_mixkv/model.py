@@ -1,0 +1,253 @@
+"""The MixAttention causal LM as SGLang 0.5.17 runs it.
+
+Llama-style pre-norm blocks with GQA. Each layer follows the plan in ``config.json``
+(:mod:`sglang_mixkv.plan`):
+
+- a *producer* projects Q, K and V, writes K/V into its own KV buffer (its RadixAttention
+  has its own layer id) and attends over it;
+- a *consumer* projects Q only and attends over its producer's buffer: its
+  RadixAttention carries the producer's layer id and is called with
+  ``save_kv_cache=False``. It also receives the producer's post-RoPE K/V of the same
+  forward pass, which backends that attend over the new tokens directly (flashinfer
+  ragged prefill, fa3) need and cache-reading backends ignore.
+- local layers attend over the last ``sliding_window`` tokens (their own included);
+  SGLang's convention for ``sliding_window_size`` is that count minus one.
+
+The KV pool (producers only, windowed local pool) is sized and built by SGLang from
+the ``is_hybrid_swa`` / ``hybrid_layer_pattern`` config fields plus our pool
+configurator in :mod:`sglang_mixkv.sglang_seams`; the model never touches it.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import torch
+from torch import nn
+
+from sglang.srt.distributed import get_pp_group
+from sglang.srt.layers.activation import SiluAndMul
+from sglang.srt.layers.layernorm import RMSNorm
+from sglang.srt.layers.linear import (
+    ColumnParallelLinear,
+    MergedColumnParallelLinear,
+    QKVParallelLinear,
+    RowParallelLinear,
+)
+from sglang.srt.layers.logits_processor import LogitsProcessor
+from sglang.srt.layers.quantization.base_config import QuantizationConfig
+from sglang.srt.layers.radix_attention import RadixAttention
+from sglang.srt.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
+from sglang.srt.model_executor.forward_batch_info import ForwardBatch
+from sglang.srt.model_loader.weight_utils import default_weight_loader
+from sglang.srt.runtime_context import get_parallel
+from sglang.srt.utils import add_prefix
+
+from sglang_mixkv import plan as plans
+from sglang_mixkv.rope import Rope
+
+#: K/V of the producers seen so far in one forward pass, by producer layer id.
+ProducerKV = dict[int, tuple[torch.Tensor, torch.Tensor]]
+
+
+def sglang_window(config) -> int:
+    """SGLang's ``sliding_window_size`` for local layers: the window minus one."""
+    return int(config.sliding_window) - 1
+
+
+class MixAttention(nn.Module):
+    def __init__(self, config, layer_id: int, layer: plans.Layer, rope: Rope,
+                 quant_config: Optional[QuantizationConfig], prefix: str):
+        super().__init__()
+        tp = get_parallel().tp_size
+        self.layer_id = layer_id
+        self.is_producer = layer.source == layer_id
+        self.source = layer.source
+        heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        if heads % tp or (kv_heads % tp and tp % kv_heads):
+            raise ValueError(f"{heads} heads / {kv_heads} KV heads cannot split over tp={tp}")
+        self.num_heads = heads // tp
+        self.num_kv_heads = max(1, kv_heads // tp)
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        self.rope = rope
+        if self.is_producer:
+            self.qkv_proj = QKVParallelLinear(
+                config.hidden_size, self.head_dim, heads, kv_heads, bias=False,
+                quant_config=quant_config, prefix=add_prefix("qkv_proj", prefix),
+            )
+        else:
+            self.q_proj = ColumnParallelLinear(
+                config.hidden_size, heads * self.head_dim, bias=False,
+                quant_config=quant_config, prefix=add_prefix("q_proj", prefix),
+            )
+        self.o_proj = RowParallelLinear(
+            heads * self.head_dim, config.hidden_size, bias=False,
+            quant_config=quant_config, prefix=add_prefix("o_proj", prefix),
+        )
+        self.attn = RadixAttention(
+            self.num_heads, self.head_dim, self.head_dim**-0.5,
+            num_kv_heads=self.num_kv_heads,
+            layer_id=layer.source,  # a consumer reads its producer's KV buffer
+            sliding_window_size=sglang_window(config) if layer.kind == plans.LOCAL else -1,
+            quant_config=quant_config, prefix=add_prefix("attn", prefix),
+        )
+
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor,
+                forward_batch: ForwardBatch, kv: ProducerKV) -> torch.Tensor:
+        if self.is_producer:
+            qkv, _ = self.qkv_proj(hidden)
+            q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+            q, k = self.rope(positions, q, k)
+            kv[self.layer_id] = (k, v)
+            out = self.attn(q, k, v, forward_batch)
+        else:
+            q, _ = self.q_proj(hidden)
+            q, _ = self.rope(positions, q)
+            k, v = kv[self.source]
+            out = self.attn(q, k, v, forward_batch, save_kv_cache=False)
+        out, _ = self.o_proj(out)
+        return out
+
+
+class MLP(nn.Module):
+    def __init__(self, config, quant_config, prefix: str):
+        super().__init__()
+        self.gate_up_proj = MergedColumnParallelLinear(
+            config.hidden_size, [config.intermediate_size] * 2, bias=False,
+            quant_config=quant_config, prefix=add_prefix("gate_up_proj", prefix),
+        )
+        self.down_proj = RowParallelLinear(
+            config.intermediate_size, config.hidden_size, bias=False,
+            quant_config=quant_config, prefix=add_prefix("down_proj", prefix),
+        )
+        self.act = SiluAndMul()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate_up, _ = self.gate_up_proj(x)
+        x, _ = self.down_proj(self.act(gate_up))
+        return x
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config, layer_id: int, layer: plans.Layer, rope: Rope,
+                 quant_config, prefix: str):
+        super().__init__()
+        self.self_attn = MixAttention(config, layer_id, layer, rope, quant_config,
+                                      add_prefix("self_attn", prefix))
+        self.mlp = MLP(config, quant_config, add_prefix("mlp", prefix))
+        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, positions, hidden, forward_batch, residual, kv: ProducerKV):
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, forward_batch, kv)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class MixAttentionModel(nn.Module):
+    def __init__(self, config, plan: plans.Plan, quant_config=None, prefix: str = ""):
+        super().__init__()
+        theta = getattr(config, "rope_theta", None) or (
+            (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
+        )
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.rope = Rope(head_dim, config.max_position_embeddings, theta)
+        self.embed_tokens = VocabParallelEmbedding(
+            config.vocab_size, config.hidden_size, quant_config=quant_config,
+            prefix=add_prefix("embed_tokens", prefix),
+        )
+        self.layers = nn.ModuleList(
+            DecoderLayer(config, i, layer, self.rope, quant_config,
+                         add_prefix(f"layers.{i}", prefix))
+            for i, layer in enumerate(plan.layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        # SGLang's weight loading and PP code read these.
+        self.start_layer, self.end_layer = 0, len(self.layers)
+
+    def forward(self, input_ids, positions, forward_batch, input_embeds=None):
+        hidden = self.embed_tokens(input_ids) if input_embeds is None else input_embeds
+        residual = None
+        kv: ProducerKV = {}  # lives for this forward pass only
+        for layer in self.layers:
+            hidden, residual = layer(positions, hidden, forward_batch, residual, kv)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
+
+
+class MixAttentionForCausalLM(nn.Module):
+    """Entry point SGLang instantiates for ``architectures: [MixAttentionForCausalLM]``."""
+
+    def __init__(self, config, quant_config: Optional[QuantizationConfig] = None,
+                 prefix: str = ""):
+        super().__init__()
+        if get_pp_group().world_size > 1:
+            raise NotImplementedError("MixAttention models do not support pipeline parallelism")
+        self.config = config
+        self.plan = plans.from_config(config)  # raises PlanError on a bad plan
+        self.quant_config = quant_config
+        self.model = MixAttentionModel(config, self.plan, quant_config, add_prefix("model", prefix))
+        if getattr(config, "tie_word_embeddings", False):
+            self.lm_head = self.model.embed_tokens
+        else:
+            self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size,
+                                          quant_config=quant_config,
+                                          prefix=add_prefix("lm_head", prefix))
+        self.logits_processor = LogitsProcessor(config)
+
+    def get_attention_sliding_window_size(self) -> Optional[int]:
+        """SGLang's window (tokens minus one) for its SWA pool and radix cache.
+
+        A plan with consumers but no local producers still uses the hybrid pool (to
+        own buffers for producers only); its "local" pool is empty, and a window no
+        request reaches keeps SGLang from ever evicting anything on its behalf."""
+        if self.plan.local_producers:
+            return sglang_window(self.config)
+        if getattr(self.config, "is_hybrid_swa", False):
+            return int(self.config.max_position_embeddings)
+        return None
+
+    @torch.no_grad()
+    def forward(self, input_ids, positions, forward_batch: ForwardBatch,
+                input_embeds=None, get_embedding: bool = False, **_):
+        hidden = self.model(input_ids, positions, forward_batch, input_embeds)
+        return self.logits_processor(input_ids, hidden, self.lm_head, forward_batch)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        stacked = [  # (our param, checkpoint name, shard)
+            (".qkv_proj", ".q_proj", "q"),
+            (".qkv_proj", ".k_proj", "k"),
+            (".qkv_proj", ".v_proj", "v"),
+            (".gate_up_proj", ".gate_proj", 0),
+            (".gate_up_proj", ".up_proj", 1),
+        ]
+        params = dict(self.named_parameters())
+        for name, tensor in weights:
+            if "rotary_emb" in name:
+                continue
+            if self.config.tie_word_embeddings and name.startswith("lm_head."):
+                continue
+            if name in params:  # a consumer's q_proj lands here, as do norms etc.
+                p = params[name]
+                getattr(p, "weight_loader", default_weight_loader)(p, tensor)
+                continue
+            for ours, theirs, shard in stacked:
+                if theirs in name and name.replace(theirs, ours) in params:
+                    p = params[name.replace(theirs, ours)]
+                    p.weight_loader(p, tensor, shard)
+                    break
+            else:
+                raise ValueError(
+                    f"checkpoint tensor {name} has no place in plan {self.plan}: "
+                    "consumer layers own no k_proj/v_proj"
+                )
+
+
+EntryClass = MixAttentionForCausalLM
