@@ -25,7 +25,7 @@ fi
 
 start=$(date +%s)
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
+pip() { "$VENV/bin/python" -m pip --disable-pip-version-check --no-warn-conflicts -q "$@"; }
 pip install --upgrade pip
 
 if [ "$device" = gpu ]; then

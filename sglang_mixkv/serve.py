@@ -112,7 +112,8 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--plan", help="preset (%s) or plan string, e.g. LlLlLlLlLlLg; default ma"
                     % ", ".join(plans.PRESET_NAMES))
-    ap.add_argument("--size", default="tiny", choices=list(SIZES))
+    ap.add_argument("--size", default=os.environ.get("MIXKV_SIZE", "tiny"), choices=list(SIZES),
+                    help="model size (default: $MIXKV_SIZE or tiny)")
     ap.add_argument("--model-path", help="model folder; written here if it has no config.json")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     ap.add_argument("--weights", choices=["auto", "random", "dummy"], default="auto",

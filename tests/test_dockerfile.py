@@ -1,0 +1,53 @@
+"""No Docker engine here: parse the Dockerfile and check what it promises."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import dockerfile
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def parsed():
+    return {c.cmd.upper(): c for c in dockerfile.parse_file(str(REPO / "Dockerfile"))}, \
+        dockerfile.parse_file(str(REPO / "Dockerfile"))
+
+
+def test_base_image_is_sglang_0_5_17():
+    _, cmds = parsed()
+    arg = next(c for c in cmds if c.cmd.upper() == "ARG")
+    assert arg.value[0].startswith("SGLANG_IMAGE=lmsysorg/sglang:v0.5.17")
+    assert next(c for c in cmds if c.cmd.upper() == "FROM").value[0] == "${SGLANG_IMAGE}"
+
+
+def test_copies_only_what_exists_and_the_context_allows():
+    _, cmds = parsed()
+    allowed = {line.strip().lstrip("!").rstrip("/") for line in
+               (REPO / ".dockerignore").read_text().splitlines() if line.startswith("!")}
+    for c in cmds:
+        if c.cmd.upper() == "COPY":
+            for src in c.value[:-1]:
+                assert (REPO / src).exists(), src
+                assert src in allowed, f"{src} is excluded by .dockerignore"
+
+
+def test_entrypoint_serves_on_all_interfaces_with_healthcheck():
+    by, _ = parsed()
+    ep = list(by["ENTRYPOINT"].value)
+    assert ep[:3] == ["python3", "-m", "sglang_mixkv.serve"]
+    assert ep[ep.index("--host") + 1] == "0.0.0.0" and ep[ep.index("--port") + 1] == "30000"
+    assert "30000" in by["EXPOSE"].value
+    assert "/health" in " ".join(by["HEALTHCHECK"].value)
+
+
+def test_default_command_resolves(tmp_path):
+    """`docker run IMAGE --plan ma-offset` = serve's CLI with the image's env."""
+    by, _ = parsed()
+    env = dict(zip(by["ENV"].value[0::2], by["ENV"].value[1::2]))
+    args = list(by["ENTRYPOINT"].value[3:]) + list(by["CMD"].value) + ["--dry-run"]
+    r = subprocess.run([sys.executable, "-m", "sglang_mixkv.serve", *args], capture_output=True,
+                       text=True, env={**env, "MIXKV_MODELS": str(tmp_path), "PATH": "/usr/bin:/bin"},
+                       cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "paper-ma-offset-dummy" in r.stderr and "--load-format dummy" in r.stderr
