@@ -26,11 +26,21 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not server" $(PYTEST_ARGS)
 
+# Knobs (unset = the defaults for this machine; see README):
+#   PLANS=standard,ma  PROMPTS=300  INPUT_LEN=31000  OUTPUT_LEN=1000  CONCURRENCY=1,8,32
+#   MEM_FRACTION=0.85  KV_BUDGET=64MiB  MAX_RUNNING=300  CONFIG=bench.json  OUT=results/x
+knob = $(if $($(1)),$(2) $($(1)))
+BENCH_FLAGS = $(call knob,PLANS,--plans) $(call knob,PROMPTS,--num-prompts) \
+	$(call knob,INPUT_LEN,--input-len) $(call knob,OUTPUT_LEN,--output-len) \
+	$(call knob,CONCURRENCY,--concurrency) $(call knob,MEM_FRACTION,--mem-fraction) \
+	$(call knob,KV_BUDGET,--kv-budget) $(call knob,MAX_RUNNING,--max-running) \
+	$(call knob,CONFIG,--config) $(call knob,OUT,--out) $(BENCH_ARGS)
+
 bench: setup
-	$(PY) -m sglang_mixkv.bench $(BENCH_ARGS)
+	$(PY) -m sglang_mixkv.bench $(BENCH_FLAGS)
 
 capacity: setup
-	$(PY) -m sglang_mixkv.bench --capacity-only $(BENCH_ARGS)
+	$(PY) -m sglang_mixkv.bench --capacity-only $(BENCH_FLAGS)
 
 PLAN ?= ma
 SIZE ?= tiny

@@ -92,6 +92,10 @@ def build_command(args: argparse.Namespace, sglang_flags: list[str]) -> tuple[li
 
     env = {}
     window = int(cfg.get("sliding_window") or size.window)
+    if not has_gpu() and "OMP_NUM_THREADS" not in os.environ:
+        # One intra-op thread: with two, any other busy process (the harness, a test)
+        # stalls every parallel region of the forward pass (measured: ~19x slower).
+        env["OMP_NUM_THREADS"] = "1"
     if "SGLANG_SWA_EVICTION_INTERVAL" not in os.environ:
         # Free out-of-window KV at least 8 times per window (SGLang's default is 128).
         env["SGLANG_SWA_EVICTION_INTERVAL"] = str(max(1, min(128, window // 8)))

@@ -35,7 +35,7 @@ def test_local_pool_smaller_than_one_request(ma_model, tmp_path):
     try:
         local = server.get("/server_info").json()["internal_states"][0]["memory_usage"]["token_capacity_swa"]
         ids = prompt(40, 1000)
-        assert local < len(ids) // 4
+        assert 3 * local < len(ids)  # the local pool holds under a third of the prompt
         check(server.generate(ids, 60, logprob_start_len=len(ids) - 1), Reference(ma_model),
               ids, 60, prompt_logprobs=False)
     finally:

@@ -1,0 +1,247 @@
+"""The load: warm-up, then one closed-loop level per concurrency, records to JSONL.
+
+A level with concurrency ``N`` sends the workload's requests at their due times
+(all at once, or Poisson at ``rate``) with at most ``N`` in flight. Every request that
+was sent is appended to ``requests.jsonl`` the moment it ends (one line, flushed), so a
+crash or Ctrl-C loses nothing that finished; on cancellation the requests in flight are
+written with ``cancelled: true``. ``meta.json`` is written before the first request and
+rewritten at the end with the final ``status`` (``complete`` or ``interrupted``).
+
+Between levels (and after warm-up) the server's prefix cache is flushed with
+``POST /flush_cache`` when the server has it (SGLang); servers without it are noted in
+``meta.json`` and the run goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from tqdm import tqdm
+
+from harness import client, sysinfo
+from harness.workload import IdRange, Request, arrival_offsets, make_requests
+
+JSONL = "requests.jsonl"
+
+
+class StartupError(RuntimeError):
+    """A run could not start (nothing was sent)."""
+
+
+class ServerUnreachable(StartupError):
+    """The server did not answer at the start of a run."""
+
+
+@dataclass
+class RunConfig:
+    url: str
+    out: Path
+    label: str = "run"
+    api: str = "generate"
+    profile: str = "paper"
+    num_prompts: int = 300
+    input_len: int = 31_000
+    output_len: int = 1_000
+    concurrency: list[int] = field(default_factory=lambda: [1, 8, 32, 64, 128, 300])
+    rate: float = math.inf  # requests/s; inf = all due at once
+    warmup: int = 2
+    seed: int = 0
+    timeout: float | None = 7200.0  # per request, seconds
+    vocab_size: int | None = None  # None: ask the server
+    id_range: IdRange | None = None  # None: [3, vocab_size)
+    model: str = "default"  # OpenAI "model" field
+    flush: bool = True
+    progress: bool | None = None  # None: only on a terminal
+    wait: float = 0.0  # seconds to wait for the server to come up
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["out"], d["rate"] = str(self.out), None if math.isinf(self.rate) else self.rate
+        return d
+
+
+class JsonlSink:
+    """Append-only JSONL writer; each record is one flushed line."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.f = open(path, "a", encoding="utf-8")
+
+    def write(self, rec: client.Record) -> None:
+        self.f.write(json.dumps(rec.to_json()) + "\n")
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+async def get_json(session: aiohttp.ClientSession, url: str, path: str) -> Any | None:
+    """``GET url+path`` as JSON, or None when the server lacks it or fails."""
+    try:
+        async with session.get(url + path, timeout=aiohttp.ClientTimeout(total=30)) as r:
+            return await r.json(content_type=None) if r.status == 200 else None
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        return None
+
+
+async def probe(session: aiohttp.ClientSession, url: str, wait: float = 0.0) -> str:
+    """Return the path that answered (``/health`` or ``/v1/models``), waiting up to
+    ``wait`` seconds; raise :class:`ServerUnreachable` otherwise."""
+    deadline, last = time.monotonic() + wait, "no answer"
+    while True:
+        for path in ("/health", "/v1/models"):
+            try:
+                async with session.get(url + path, timeout=aiohttp.ClientTimeout(total=10)) as r:
+                    if r.status == 200:
+                        return path
+                    last = f"GET {path} -> HTTP {r.status}"
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+                last = f"{type(e).__name__}: {e}"
+                break  # connection-level failure: no point trying the other path
+        if time.monotonic() >= deadline:
+            raise ServerUnreachable(f"server not reachable at {url} ({last})")
+        await asyncio.sleep(1.0)
+
+
+async def discover_vocab(session: aiohttp.ClientSession, url: str) -> int | None:
+    """Vocabulary size from the model folder the server names (``/model_info`` for
+    SGLang, ``/v1/models`` ``root`` for vLLM), when that folder is readable here."""
+    paths = []
+    if info := await get_json(session, url, "/model_info"):
+        paths.append(info.get("model_path"))
+    if models := await get_json(session, url, "/v1/models"):
+        paths += [m.get("root") for m in models.get("data", [])]
+    for p in filter(None, paths):
+        cfg = Path(p) / "config.json"
+        if cfg.is_file():
+            c = json.loads(cfg.read_text())
+            vocab = c.get("vocab_size") or (c.get("text_config") or {}).get("vocab_size")
+            if vocab:
+                return int(vocab)
+    return None
+
+
+async def flush_cache(session: aiohttp.ClientSession, url: str) -> str:
+    """``ok``, ``unsupported`` (no such endpoint) or ``failed: ...``; never raises."""
+    last = ""
+    for _ in range(20):
+        try:
+            async with session.post(url + "/flush_cache", timeout=aiohttp.ClientTimeout(total=60)) as r:
+                if r.status == 200:
+                    return "ok"
+                if r.status in (404, 405):
+                    return "unsupported"
+                last = f"HTTP {r.status}: {(await r.text())[:200].strip()}"
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            return f"failed: {type(e).__name__}: {e}"
+        await asyncio.sleep(0.5)  # SGLang refuses while requests are still running
+    return f"failed: {last}"
+
+
+async def run_level(session: aiohttp.ClientSession, cfg: RunConfig, api: client.Api,
+                    reqs: list[Request], level: int, sink: JsonlSink,
+                    desc: str) -> list[client.Record]:
+    """Run ``reqs`` with at most ``level`` in flight; return the records written."""
+    t0 = time.perf_counter()
+
+    def clock() -> float:
+        return time.perf_counter() - t0
+
+    rate = cfg.rate if not reqs or not reqs[0].warmup else math.inf
+    dues = arrival_offsets(len(reqs), rate, cfg.seed)
+    sem = asyncio.Semaphore(level)
+    done: list[client.Record] = []
+    hide = None if cfg.progress is None else not cfg.progress  # None: tqdm hides off a tty
+    pbar = tqdm(total=len(reqs), desc=desc, unit="req", disable=hide)
+
+    async def one(req: Request, due: float) -> None:
+        rec = client.Record(cfg.label, level, None if math.isinf(rate) else rate, req.index,
+                            req.warmup, api.name, req.input_len, req.output_len, due)
+        try:
+            if (delay := due - clock()) > 0:
+                await asyncio.sleep(delay)
+            async with sem:
+                await client.send(session, cfg.url, api, req, rec, cfg.timeout, clock)
+        finally:
+            if rec.done is not None:  # it was sent: keep it, whatever happened
+                sink.write(rec)
+                done.append(rec)
+                pbar.update(1)
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for req, due in zip(reqs, dues):
+                tg.create_task(one(req, float(due)))
+    finally:
+        pbar.close()
+    return done
+
+
+def _level_line(recs: list[client.Record], label: str, level: int) -> str:
+    ok = [r for r in recs if r.ok]
+    dur = max((r.done for r in recs), default=0.0) or float("nan")
+    out = sum(r.completion_tokens or r.stream_tokens for r in ok)
+    return (f"[{label}] c={level}: {len(ok)}/{len(recs)} ok, "
+            f"{len(ok) / dur:.2f} req/s, {out / dur:.1f} out tok/s, {dur:.1f} s")
+
+
+def write_meta(cfg: RunConfig, meta: dict) -> None:
+    (cfg.out / "meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+
+
+async def run(cfg: RunConfig, argv: list[str] | None = None) -> Path:
+    """Run the whole sweep into ``cfg.out``; return it. Raises StartupError (nothing sent)
+    or FileExistsError (``cfg.out`` already holds a run)."""
+    if (cfg.out / JSONL).exists():
+        raise FileExistsError(f"{cfg.out / JSONL} exists: pick a new --out")
+    api = client.GenerateApi() if cfg.api == "generate" else client.OpenAIApi(cfg.model)
+    async with client.make_session(max(cfg.concurrency + [cfg.warmup])) as session:
+        answered = await probe(session, cfg.url, cfg.wait)
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        server_info = await get_json(session, cfg.url, "/server_info")
+        model_info = await get_json(session, cfg.url, "/model_info")
+        for name, obj in (("server_info", server_info), ("model_info", model_info)):
+            if obj is not None:
+                (cfg.out / f"{name}.json").write_text(json.dumps(obj, indent=2, default=str))
+        if cfg.id_range is None:
+            vocab = cfg.vocab_size or await discover_vocab(session, cfg.url)
+            if vocab is None:
+                raise StartupError(
+                    f"cannot discover the vocabulary size from {cfg.url}: pass --vocab-size")
+            cfg.vocab_size, cfg.id_range = vocab, IdRange.for_vocab(vocab)
+
+        reqs = make_requests(cfg.num_prompts, cfg.input_len, cfg.output_len, cfg.seed, cfg.id_range)
+        warm = make_requests(cfg.warmup, cfg.input_len, cfg.output_len, cfg.seed, cfg.id_range,
+                             warmup=True)
+        meta = {"status": "running", "label": cfg.label, "config": cfg.to_json(),
+                "probe": answered, "flush": {}, "levels_done": [],
+                "started_unix": time.time(), **sysinfo.collect(argv)}
+        write_meta(cfg, meta)
+        sink = JsonlSink(cfg.out / JSONL)
+        try:
+            if warm:
+                await run_level(session, cfg, api, warm, len(warm), sink, f"{cfg.label} warm-up")
+            for level in cfg.concurrency:
+                if cfg.flush:
+                    meta["flush"][str(level)] = await flush_cache(session, cfg.url)
+                recs = await run_level(session, cfg, api, reqs, level, sink, f"{cfg.label} c={level}")
+                meta["levels_done"].append(level)
+                tqdm.write(_level_line(recs, cfg.label, level))
+            meta["status"] = "complete"
+        except asyncio.CancelledError:
+            meta["status"] = "interrupted"
+            raise
+        finally:
+            if meta["status"] == "running":
+                meta["status"] = "failed"
+            meta["finished_unix"] = time.time()
+            write_meta(cfg, meta)
+            sink.close()
+    return cfg.out

@@ -1,0 +1,356 @@
+"""``make bench`` / ``make capacity``: every variant served, measured, compared.
+
+For each plan: start our server (own process group, log in the variant's folder), wait
+until healthy, save ``/server_info``, then either run the harness sweep
+(``python -m harness run``) or probe how many long requests it holds at once
+(:mod:`sglang_mixkv.probe`), and stop the server. The run folder keeps each variant's
+results as soon as they exist, so a stopped bench leaves the finished variants usable;
+the report is rebuilt from whatever is there (``--report-only RUN``).
+
+    results/<run>/
+      meta.json            command, commit, versions, hardware, settings
+      <plan>/server.log, server_info.json, harness/ (requests.jsonl, summary...), probe.json
+      report.md            throughput / latency per variant and level, speed-up, capacity
+      summary.csv capacity.csv throughput.png latency.png capacity.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import requests
+
+from sglang_mixkv import capacity as cap
+from sglang_mixkv import plan as plans
+from sglang_mixkv.serve import REPO, has_gpu
+from sglang_mixkv.sizes import get_size
+
+GPU_PLANS = ["standard", "swa", "ma", "ma-offset", "ma-endslide", "ma-pairs"]
+
+
+@dataclass
+class Settings:
+    plans: list[str]
+    size: str
+    num_prompts: int
+    input_len: int
+    output_len: int
+    concurrency: list[int]
+    warmup: int
+    kv_budget: str | None  # None: SGLang profiles the GPU (--mem-fraction-static)
+    mem_fraction: float | None
+    max_running: int | None
+    server_args: list[str] = field(default_factory=list)
+    timeout: float = 7200.0
+    port: int = 30100
+
+
+def defaults(gpu: bool, capacity_only: bool = False) -> Settings:
+    if gpu:  # the paper's test: 300 prompts, 31K in, 1K out, one H100. For the capacity
+        # probe the budget must be known to the formula: 60 GiB fits an 80 GB H100.
+        return Settings(GPU_PLANS, "paper", 300, 31_000, 1_000, [1, 8, 32, 64, 128, 300], 2,
+                        "60GiB" if capacity_only else None, None, 300)
+    # CPU: the same code path, scaled to a few minutes on two cores.
+    return Settings(GPU_PLANS, "tiny", 16, 256, 32, [1, 4, 16], 1,
+                    "16MiB" if capacity_only else "64MiB", None, 16, timeout=600.0)
+
+
+# ---- one server at a time ------------------------------------------------------------
+class Server:
+    """Our serve command in its own process group; ``stop`` kills the whole group."""
+
+    def __init__(self, plan: str, st: Settings, log: Path, extra: list[str] = ()):  # type: ignore[assignment]
+        self.url = f"http://127.0.0.1:{st.port}"
+        args = ["--plan", plan, "--size", st.size, "--port", str(st.port), "--enable-metrics"]
+        if st.kv_budget:
+            args += ["--kv-budget", st.kv_budget]
+        if st.mem_fraction:
+            args += ["--mem-fraction-static", str(st.mem_fraction)]
+        if st.max_running:
+            args += ["--max-running-requests", str(st.max_running)]
+        self.cmd = [sys.executable, "-m", "sglang_mixkv.serve", *args, *st.server_args, *extra]
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self.log = log
+        self.proc = subprocess.Popen(self.cmd, cwd=REPO, stdout=open(log, "w"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_healthy(self, timeout: float = 1800) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited ({self.proc.returncode}); see {self.log}")
+            try:
+                if requests.get(self.url + "/health", timeout=5).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(2)
+        raise TimeoutError(f"server not healthy after {timeout:.0f}s; see {self.log}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(30)
+
+
+def save_server_info(url: str, out: Path) -> dict:
+    info = requests.get(url + "/server_info", timeout=30).json()
+    out.write_text(json.dumps(info, indent=1, default=str) + "\n")
+    return info
+
+
+# ---- per variant ---------------------------------------------------------------------
+def run_sweep(plan: str, st: Settings, vdir: Path) -> None:
+    server = Server(plan, st, vdir / "server.log")
+    try:
+        server.wait_healthy()
+        save_server_info(server.url, vdir / "server_info.json")
+        cmd = [sys.executable, "-m", "harness", "run", "--url", server.url, "--label", plan,
+               "--out", str(vdir / "harness"), "--num-prompts", str(st.num_prompts),
+               "--input-len", str(st.input_len), "--output-len", str(st.output_len),
+               "--concurrency", ",".join(map(str, st.concurrency)), "--warmup", str(st.warmup),
+               "--timeout", str(st.timeout), "--no-progress"]
+        print("  " + shlex.join(cmd), flush=True)
+        subprocess.run(cmd, cwd=REPO, check=True)
+    finally:
+        server.stop()
+
+
+def run_probe(plan: str, st: Settings, vdir: Path) -> None:
+    """Serve with --max-running-requests = the formula's count + 25% (so the global pool,
+    not the request cap, decides), then search for the most requests held at once
+    (:mod:`sglang_mixkv.probe`).
+
+    Requests hold T = input_len + output_len tokens at the end, as in the sweep, but are
+    decode-heavy (T/32 prompt tokens) so that one prefill chunk admits many of them and
+    they decode nearly in lockstep (a bigger chunk would cost local-pool slots)."""
+    from sglang_mixkv.probe import max_held
+
+    size = get_size(st.size)
+    p = plans.resolve(plan, size.num_layers)
+    tokens = st.input_len + st.output_len
+    prompt_len = max(4, tokens // 32)
+    budget = cap.parse_bytes(st.kv_budget) if st.kv_budget else None
+    n_formula = (cap.max_concurrent(budget, p, cap.KVDims.of(size), size.window, tokens)
+                 if budget else st.max_running)
+    n_max = max(2, int(n_formula * 1.25) + 1)
+    probe_st = Settings(**{**asdict(st), "max_running": n_max})
+    server = Server(plan, probe_st, vdir / "probe-server.log")
+    try:
+        server.wait_healthy()
+        info = save_server_info(server.url, vdir / "probe_server_info.json")
+        result = asyncio.run(max_held(server.url, n_formula, n_max, prompt_len,
+                                      tokens - prompt_len, vocab=size.vocab))
+        result.update(n_formula=n_formula, n_sent=n_max, max_running=n_max, tokens=tokens,
+                      prompt_len=prompt_len, memory_usage=info["internal_states"][0]["memory_usage"])
+        (vdir / "probe.json").write_text(json.dumps(result, indent=1) + "\n")
+    finally:
+        server.stop()
+
+
+# ---- report ----------------------------------------------------------------------------
+def capacity_table(run: Path, st: Settings) -> "pd.DataFrame":
+    import pandas as pd
+
+    size = get_size(st.size)
+    dims = cap.KVDims.of(size)
+    tokens = st.input_len + st.output_len
+    rows = []
+    for plan in st.plans:
+        vdir = run / plan
+        p = plans.resolve(plan, size.num_layers)
+        pt = cap.bytes_per_token(p, dims)
+        row = {"plan": plan, "global_producers": len(p.global_producers),
+               "local_producers": len(p.local_producers),
+               "kv_bytes_per_token": f"{pt.global_bytes} + {pt.local_bytes} x min(T,W)/T"}
+        src = vdir / "server_info.json"
+        probe = vdir / "probe.json"
+        mem = None
+        if probe.exists():
+            pr = json.loads(probe.read_text())
+            mem = pr["memory_usage"]
+            row.update(probe_max_running=pr["max_running"], measured_max_held=pr["max_held"],
+                       measured_capped=pr["capped"], probes=len(pr["probes"]))
+        elif src.exists():
+            mem = json.loads(src.read_text())["internal_states"][0]["memory_usage"]
+        if mem:
+            budget = cap.parse_bytes(st.kv_budget) if st.kv_budget else int(mem["kvcache"] * 2**30)
+            row["kv_budget_gib"] = round(budget / 2**30, 4)
+            row["formula_max_tokens"] = cap.max_tokens(budget, p, dims, size.window, tokens)
+            row["formula_max_requests"] = cap.max_concurrent(budget, p, dims, size.window, tokens)
+            g, s = mem.get("token_capacity"), mem.get("token_capacity_swa")
+            row["server_global_tokens"] = g
+            row["server_local_tokens"] = s
+            row["server_kvcache_gib"] = mem.get("kvcache")
+            row["server_max_requests"] = (g // tokens) if g and p.global_producers else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_report(run: Path, st: Settings) -> Path:
+    import pandas as pd
+
+    from harness import metrics
+    from harness import report as hreport
+
+    done = [run / p / "harness" for p in st.plans if (run / p / "harness" / "requests.jsonl").exists()]
+    parts = [f"# sglang-mixkv bench: {run.name}", ""]
+    meta = json.loads((run / "meta.json").read_text()) if (run / "meta.json").exists() else {}
+    if meta:
+        hw = meta.get("hardware", {})
+        parts += [f"- command: `{meta.get('command')}`",
+                  f"- commit: `{meta.get('git', {}).get('commit')}`"
+                  + (" (dirty)" if meta.get("git", {}).get("dirty") else ""),
+                  f"- versions: {json.dumps(meta.get('versions'))}",
+                  f"- hardware: {', '.join(hw.get('gpus') or []) or 'no GPU'}; CPU {hw.get('cpu')} "
+                  f"x{hw.get('cpu_count')}; {hw.get('memory_gib')} GiB RAM",
+                  f"- workload: {st.num_prompts} prompts x {st.input_len} in / {st.output_len} out, "
+                  f"concurrency {st.concurrency}, model size `{st.size}`", ""]
+    if done:
+        hreport.render(done, run)  # summary.csv, throughput.png, latency.png
+        summary = pd.concat([metrics.summarize(metrics.load_run(d)) for d in done], ignore_index=True)
+        base = summary[summary["label"] == "standard"].set_index("level")["output_tok_per_s"]
+        summary["speedup_vs_standard"] = summary.apply(
+            lambda r: r["output_tok_per_s"] / base[r["level"]] if r["level"] in base.index else None,
+            axis=1)
+        cols = ["label", "level", "ok", "failed", "req_per_s", "output_tok_per_s", "total_tok_per_s",
+                "speedup_vs_standard", "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "itl_p99_ms",
+                "e2e_p50_ms"]
+        summary.to_csv(run / "summary.csv", index=False)
+        parts += ["## Throughput and latency", "",
+                  summary[cols].to_markdown(index=False, floatfmt=".2f"), "",
+                  "![throughput](throughput.png)", "", "![latency](latency.png)", ""]
+    missing = [p for p in st.plans if not (run / p / "harness" / "requests.jsonl").exists()
+               and not (run / p / "probe.json").exists()]
+    if missing:
+        parts += [f"Not measured (bench stopped or failed): {', '.join(missing)}", ""]
+    captab = capacity_table(run, st)
+    if len(captab):
+        captab.to_csv(run / "capacity.csv", index=False)
+        plot_capacity(captab, run / "capacity.png")
+        parts += ["## KV capacity", "",
+                  f"Requests of T = {st.input_len + st.output_len} tokens. `formula_*`: "
+                  "`sglang_mixkv.capacity` at the server's KV budget; `server_*`: the pools "
+                  "SGLang allocated (`/server_info`); `measured_max_held`: most requests the "
+                  "server ran at once without retracting (`make capacity`).", "",
+                  captab.to_markdown(index=False), "", "![capacity](capacity.png)", ""]
+    (run / "report.md").write_text("\n".join(parts))
+    return run / "report.md"
+
+
+def plot_capacity(df, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = [c for c in ("formula_max_requests", "server_max_requests", "measured_max_held") if c in df]
+    if not cols:
+        return
+    ax = df.set_index("plan")[cols].astype(float).plot.bar(figsize=(9, 4), rot=30)
+    ax.set_ylabel("concurrent requests held")
+    ax.set_title("KV capacity per variant: formula, allocated pool, measured")
+    ax.figure.tight_layout()
+    ax.figure.savefig(path, dpi=120)
+    plt.close(ax.figure)
+
+
+# ---- CLI -------------------------------------------------------------------------------
+def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
+    gpu = has_gpu()
+    d = defaults(gpu, capacity_only="--capacity-only" in (sys.argv[1:] if argv is None else argv))
+    ap = argparse.ArgumentParser(prog="python -m sglang_mixkv.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--plans", default=",".join(d.plans), help="comma-separated presets / plan strings")
+    ap.add_argument("--size", default=d.size)
+    ap.add_argument("--num-prompts", type=int, default=d.num_prompts)
+    ap.add_argument("--input-len", type=int, default=d.input_len)
+    ap.add_argument("--output-len", type=int, default=d.output_len)
+    ap.add_argument("--concurrency", default=",".join(map(str, d.concurrency)))
+    ap.add_argument("--warmup", type=int, default=d.warmup)
+    ap.add_argument("--kv-budget", default=d.kv_budget, help="cap the KV cache (e.g. 64MiB)")
+    ap.add_argument("--mem-fraction", type=float, default=d.mem_fraction,
+                    help="SGLang --mem-fraction-static")
+    ap.add_argument("--max-running", type=int, default=d.max_running)
+    ap.add_argument("--port", type=int, default=d.port)
+    ap.add_argument("--server-args", default="", help="extra sglang flags, one string")
+    ap.add_argument("--config", type=Path, help="JSON file of the settings above (flags win)")
+    ap.add_argument("--out", type=Path, help="run folder (default results/bench-<time>)")
+    ap.add_argument("--capacity-only", action="store_true",
+                    help="make capacity: probe max concurrent requests instead of the sweep")
+    ap.add_argument("--report-only", type=Path, metavar="RUN", help="rebuild RUN's report")
+    a = ap.parse_args(argv)
+    if a.config:  # the file's values become the defaults; flags still win
+        ap.set_defaults(**{k.replace("-", "_"): ",".join(map(str, v)) if isinstance(v, list) else v
+                           for k, v in json.loads(a.config.read_text()).items()})
+        a = ap.parse_args(argv)
+    st = Settings(
+        plans=[s.strip() for s in a.plans.split(",") if s.strip()], size=a.size,
+        num_prompts=a.num_prompts, input_len=a.input_len, output_len=a.output_len,
+        concurrency=[int(x) for x in str(a.concurrency).split(",")], warmup=a.warmup,
+        kv_budget=a.kv_budget or None, mem_fraction=a.mem_fraction, max_running=a.max_running,
+        server_args=shlex.split(a.server_args), port=a.port, timeout=d.timeout,
+    )
+    size = get_size(st.size)
+    for spec in st.plans:
+        plans.resolve(spec, size.num_layers)  # fail before starting anything
+    return a, st
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        a, st = parse(argv)
+    except plans.PlanError as e:
+        print(f"error: invalid plan: {e}", file=sys.stderr)
+        return 2
+    if a.report_only:
+        st = Settings(**json.loads((a.report_only / "meta.json").read_text())["settings"])
+        print(write_report(a.report_only, st))
+        return 0
+    kind = "capacity" if a.capacity_only else "bench"
+    run = a.out or REPO / "results" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run.mkdir(parents=True, exist_ok=True)
+    from harness.sysinfo import collect
+
+    meta = collect([sys.executable, "-m", "sglang_mixkv.bench", *(argv or sys.argv[1:])])
+    meta["command"] = shlex.join(["python", "-m", "sglang_mixkv.bench", *(argv or sys.argv[1:])])
+    meta["settings"] = asdict(st)
+    (run / "meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+
+    def stop(signum, _frame):  # SIGTERM -> KeyboardInterrupt: finally-blocks stop servers
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    code = 0
+    try:
+        for plan in st.plans:
+            print(f"[{kind}] {plan}", flush=True)
+            vdir = run / plan
+            try:
+                (run_probe if a.capacity_only else run_sweep)(plan, st, vdir)
+            except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as e:
+                print(f"[{kind}] {plan} failed: {e}", file=sys.stderr, flush=True)
+                code = 1
+    except KeyboardInterrupt:
+        print(f"[{kind}] interrupted; finished variants are kept in {run}", file=sys.stderr)
+        code = 130
+    print(write_report(run, st))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

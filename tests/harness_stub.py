@@ -1,0 +1,169 @@
+"""A small fake LLM server (aiohttp) for the harness's fault tests.
+
+Speaks enough of SGLang (``/generate`` streaming, ``/flush_cache``, ``/server_info``,
+``/model_info``, ``/health``) and of the OpenAI API (``/v1/completions`` streaming,
+``/v1/models``) to be measured, and can misbehave on demand:
+
+    --fault http500|drop|stall|error   applied to every K-th request (--fault-every K),
+                                       after --fault-after tokens for drop/stall/error
+    --die-after N                      the process exits (os._exit) once N requests have
+                                       finished, cutting every stream in flight
+    --token-delay S                    seconds between chunks
+    --tokens-per-chunk K               output tokens per chunk (ITL splitting)
+
+``cached_tokens`` is ``prompt_len - 1`` for a prompt already seen since the last
+``/flush_cache``, else 0. Run: ``python tests/harness_stub.py --port 0``; it prints
+``READY <port>`` on stdout once it listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from aiohttp import web
+
+
+class Stub:
+    def __init__(self, a: argparse.Namespace):
+        self.a = a
+        self.received = 0
+        self.finished = 0
+        self.seen: set[int] = set()
+        self.model_dir = tempfile.mkdtemp(prefix="harness-stub-")
+        (Path(self.model_dir) / "config.json").write_text(json.dumps({"vocab_size": a.vocab}))
+
+    # ---- helpers -------------------------------------------------------------------
+    def fault_for(self, n: int) -> str | None:
+        return self.a.fault if self.a.fault and n % self.a.fault_every == 0 else None
+
+    def cached(self, ids: list[int]) -> int:
+        key = hash(tuple(ids))
+        hit = key in self.seen
+        self.seen.add(key)
+        return len(ids) - 1 if hit else 0
+
+    async def stream(self, request: web.Request, ids: list[int], max_new: int, fmt) -> web.StreamResponse:
+        self.received += 1
+        fault = self.fault_for(self.received)
+        if any(not 0 <= i < self.a.vocab for i in ids):
+            return web.Response(status=400, text="token id out of range")
+        if fault == "http500":
+            return web.Response(status=500, text="stub: injected 500")
+        cached = self.cached(ids)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        n, k = 0, self.a.tokens_per_chunk
+        while n < max_new:
+            if fault in ("drop", "stall", "error") and n >= self.a.fault_after:
+                if fault == "drop":
+                    request.transport.abort()
+                    return resp
+                if fault == "stall":
+                    await asyncio.sleep(3600)
+                await resp.write(b'data: {"error": {"message": "stub: injected error"}}\n\n')
+                break
+            if self.a.token_delay:
+                await asyncio.sleep(self.a.token_delay)
+            prev, n = n, min(n + k, max_new)
+            ev = fmt(prev, n, len(ids), cached, n == max_new)
+            await resp.write(b"data: " + json.dumps(ev).encode() + b"\n\n")
+        if fmt == self.openai_chunk and fault != "error":
+            usage = {"prompt_tokens": len(ids), "completion_tokens": n, "total_tokens": len(ids) + n,
+                     "prompt_tokens_details": {"cached_tokens": cached}}
+            await resp.write(b"data: " + json.dumps({"choices": [], "usage": usage}).encode() + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        self.finished += 1
+        if self.a.die_after and self.finished >= self.a.die_after:
+            os._exit(1)
+        return resp
+
+    def generate_chunk(self, prev: int, n: int, plen: int, cached: int, last: bool) -> dict:
+        return {"text": None, "output_ids": [3 + i % (self.a.vocab - 3) for i in range(n)],
+                "meta_info": {"id": "stub", "prompt_tokens": plen, "completion_tokens": n,
+                              "cached_tokens": cached,
+                              "finish_reason": {"type": "length", "length": n} if last else None}}
+
+    def openai_chunk(self, prev: int, n: int, plen: int, cached: int, last: bool) -> dict:
+        ids = [3 + i % (self.a.vocab - 3) for i in range(prev, n)]
+        return {"id": "stub", "object": "text_completion", "model": "stub",
+                "choices": [{"index": 0, "text": "".join(f"t{i} " for i in ids), "token_ids": ids,
+                             "finish_reason": "length" if last else None}]}
+
+    # ---- routes --------------------------------------------------------------------
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        sp = body["sampling_params"]
+        assert body.get("stream") and sp.get("ignore_eos"), body
+        return await self.stream(request, body["input_ids"], sp["max_new_tokens"], self.generate_chunk)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        assert body.get("stream") and body.get("ignore_eos"), body
+        return await self.stream(request, body["prompt"], body["max_tokens"], self.openai_chunk)
+
+    async def flush(self, request: web.Request) -> web.Response:
+        if self.a.no_flush:
+            return web.Response(status=404)
+        self.seen.clear()
+        return web.Response(text="Cache flushed.\n")
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(text="")
+
+    async def server_info(self, request: web.Request) -> web.Response:
+        return web.json_response({"stub": True, "version": "stub", "received": self.received})
+
+    async def model_info(self, request: web.Request) -> web.Response:
+        return web.json_response({"model_path": self.model_dir, "is_generation": True})
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"data": [{"id": "stub", "root": self.model_dir}]})
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/generate", self.generate)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/flush_cache", self.flush)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/server_info", self.server_info)
+        app.router.add_get("/model_info", self.model_info)
+        app.router.add_get("/v1/models", self.models)
+        return app
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--vocab", type=int, default=512)
+    p.add_argument("--fault", choices=["http500", "drop", "stall", "error"])
+    p.add_argument("--fault-every", type=int, default=3)
+    p.add_argument("--fault-after", type=int, default=2)
+    p.add_argument("--die-after", type=int, default=0)
+    p.add_argument("--token-delay", type=float, default=0.0)
+    p.add_argument("--tokens-per-chunk", type=int, default=1)
+    p.add_argument("--no-flush", action="store_true")
+    return p.parse_args(argv)
+
+
+async def serve(a: argparse.Namespace) -> None:
+    runner = web.AppRunner(Stub(a).app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", a.port)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    print(f"READY {port}", flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(serve(parse(sys.argv[1:])))
+    except KeyboardInterrupt:
+        pass
