@@ -25,25 +25,25 @@ fi
 
 start=$(date +%s)
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-pip() { "$VENV/bin/python" -m pip --disable-pip-version-check --no-warn-conflicts -q "$@"; }
-pip install --upgrade pip
+pipi() { "$VENV/bin/python" -m pip install --disable-pip-version-check --no-warn-conflicts -q "$@"; }
+pipi --upgrade pip
 
 if [ "$device" = gpu ]; then
-  pip install "sglang==0.5.17"
+  pipi "sglang==0.5.17"
 else
-  pip install "torch==2.13.0"
+  pipi "torch==2.13.0"
   torch_version=$("$VENV/bin/python" -c 'import torch; print(torch.__version__)')
   cons="$VENV/constraints.txt"
   echo "torch==$torch_version" > "$cons"
-  pip install --no-deps "sglang==0.5.17" "torchvision==0.28.0" "triton==3.9.0"
-  pip install -c "$cons" -r scripts/requirements-cpu.txt
+  pipi --no-deps "sglang==0.5.17" "torchvision==0.28.0" "triton==3.9.0"
+  pipi -c "$cons" -r scripts/requirements-cpu.txt
   site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   cp scripts/sitecustomize.py "$site/sitecustomize.py"
 fi
 cons_arg=()
 [ -f "$VENV/constraints.txt" ] && cons_arg=(-c "$VENV/constraints.txt")
-pip install "${cons_arg[@]}" -r scripts/requirements-dev.txt
-pip install "${cons_arg[@]}" --no-deps -e .
+pipi "${cons_arg[@]}" -r scripts/requirements-dev.txt
+pipi "${cons_arg[@]}" --no-deps -e .
 
 "$VENV/bin/python" -c 'import sglang, torch, sglang_mixkv, harness; print("setup: sglang", sglang.__version__, "torch", torch.__version__)'
 echo "$want" > "$stamp"

@@ -60,9 +60,12 @@ def defaults(gpu: bool, capacity_only: bool = False) -> Settings:
         # probe the budget must be known to the formula: 60 GiB fits an 80 GB H100.
         return Settings(GPU_PLANS, "paper", 300, 31_000, 1_000, [1, 8, 32, 64, 128, 300], 2,
                         "60GiB" if capacity_only else None, None, 300)
-    # CPU: the same code path, scaled to a few minutes on two cores.
-    return Settings(GPU_PLANS, "tiny", 16, 256, 32, [1, 4, 16], 1,
-                    "16MiB" if capacity_only else "64MiB", None, 16, timeout=600.0)
+    # CPU: the same code path, scaled to a few minutes on two cores. At 64 MiB of KV the
+    # tiny `standard` holds ~18 requests of 576 tokens, the MixAttention variants all 32.
+    if capacity_only:  # T = 288 tokens per request keeps the probes short
+        return Settings(GPU_PLANS, "tiny", 16, 256, 32, [1], 1, "16MiB", None, 16, timeout=600.0)
+    return Settings(GPU_PLANS, "tiny", 32, 512, 64, [1, 8, 32], 2, "64MiB", None, 32,
+                    timeout=600.0)
 
 
 # ---- one server at a time ------------------------------------------------------------
@@ -177,28 +180,36 @@ def capacity_table(run: Path, st: Settings) -> "pd.DataFrame":
         row = {"plan": plan, "global_producers": len(p.global_producers),
                "local_producers": len(p.local_producers),
                "kv_bytes_per_token": f"{pt.global_bytes} + {pt.local_bytes} x min(T,W)/T"}
-        src = vdir / "server_info.json"
         probe = vdir / "probe.json"
-        mem = None
+        info_file = vdir / ("probe_server_info.json" if probe.exists() else "server_info.json")
         if probe.exists():
             pr = json.loads(probe.read_text())
-            mem = pr["memory_usage"]
-            row.update(probe_max_running=pr["max_running"], measured_max_held=pr["max_held"],
-                       measured_capped=pr["capped"], probes=len(pr["probes"]))
-        elif src.exists():
-            mem = json.loads(src.read_text())["internal_states"][0]["memory_usage"]
-        if mem:
+            row.update(measured_max_held=pr["max_held"], measured_capped=pr["capped"],
+                       probes=len(pr["probes"]))
+        if info_file.exists():
+            info = json.loads(info_file.read_text())
+            mem = info["internal_states"][0]["memory_usage"]
             budget = cap.parse_bytes(st.kv_budget) if st.kv_budget else int(mem["kvcache"] * 2**30)
-            row["kv_budget_gib"] = round(budget / 2**30, 4)
-            row["formula_max_tokens"] = cap.max_tokens(budget, p, dims, size.window, tokens)
-            row["formula_max_requests"] = cap.max_concurrent(budget, p, dims, size.window, tokens)
-            g, s = mem.get("token_capacity"), mem.get("token_capacity_swa")
-            row["server_global_tokens"] = g
-            row["server_local_tokens"] = s
-            row["server_kvcache_gib"] = mem.get("kvcache")
-            row["server_max_requests"] = (g // tokens) if g and p.global_producers else None
+            g, s, running = mem.get("token_capacity"), mem.get("token_capacity_swa"), info["max_running_requests"]
+            # Requests of T tokens the allocated pools hold: the global pool's share, and
+            # for windowed plans at most the running requests the local pool was sized for.
+            held = g // tokens if p.global_producers else running
+            if p.local_producers and p.global_producers:
+                held = min(held, running)
+            row.update(
+                kv_budget_gib=round(budget / 2**30, 4),
+                formula_max_tokens=cap.max_tokens(budget, p, dims, size.window, tokens),
+                formula_max_requests=cap.max_concurrent(budget, p, dims, size.window, tokens),
+                server_global_tokens=g, server_local_tokens=s, server_kvcache_gib=mem.get("kvcache"),
+                server_max_running=running, server_max_requests=held,
+            )
         rows.append(row)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    first = ["plan", "global_producers", "local_producers", "kv_bytes_per_token", "kv_budget_gib",
+             "formula_max_tokens", "formula_max_requests", "server_global_tokens",
+             "server_local_tokens", "server_kvcache_gib", "server_max_running",
+             "server_max_requests", "measured_max_held"]
+    return df[[c for c in first if c in df] + [c for c in df if c not in first]]
 
 
 def write_report(run: Path, st: Settings) -> Path:

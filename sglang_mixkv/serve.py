@@ -56,7 +56,6 @@ def build_command(args: argparse.Namespace, sglang_flags: list[str]) -> tuple[li
     weights = args.weights == "random" or (args.weights == "auto" and size.name == "tiny")
     if args.model_path and (Path(args.model_path) / "config.json").exists() and args.plan is None:
         model_dir = Path(args.model_path)
-        plans.from_config(json.loads((model_dir / "config.json").read_text()))  # validate
     else:
         spec = args.plan or "ma"
         plans.resolve(spec, size.num_layers)  # validate before writing anything
@@ -65,42 +64,41 @@ def build_command(args: argparse.Namespace, sglang_flags: list[str]) -> tuple[li
         write_model_folder(model_dir, size, spec, weights=weights, seed=args.seed,
                            window=args.window)
     cfg = json.loads((model_dir / "config.json").read_text())
-    if cfg.get("mixkv_weights") is None and not _flag_given(sglang_flags, "--load-format"):
-        sglang_flags = ["--load-format", "dummy", *sglang_flags]
+    plan = plans.from_config(cfg)  # raises PlanError on a bad plan
+    size = get_size(cfg.get("mixkv_size", size.name))
+    gpu = has_gpu()
 
     flags = list(sglang_flags)
-    defaults = dict(DEFAULTS.get(size.name, {}))
+    defaults: dict[str, str | None] = dict(DEFAULTS.get(size.name, {}))
+    if cfg.get("mixkv_weights") is None:
+        defaults["--load-format"] = "dummy"
     # SGLang's "auto" dtype serves a float32 checkpoint in float16; keep the config's.
     defaults["--dtype"] = cfg.get("torch_dtype", "auto")
-    if not has_gpu():
+    if gpu:
+        defaults["--attention-backend"] = "triton"
+    else:
         # SGLang's scheduler busy-polls when idle; on a small CPU box that starves the
         # forward passes of whatever else runs (the harness, a second server).
         defaults.update({"--device": "cpu", "--attention-backend": "torch_native",
                          "--sleep-on-idle": None})
-    else:
-        defaults.update({"--attention-backend": "triton"})
+    if plan.local_producers and not plan.global_producers:
+        defaults["--disable-radix-cache"] = None  # see sglang_seams.MixKVPoolConfigurator
+    defaults.update({"--host": args.host, "--port": str(args.port)})
     for name, value in defaults.items():
         if not _flag_given(flags, name):
             flags += [name] if value is None else [name, value]
-    for name, value in (("--host", args.host), ("--port", str(args.port))):
-        if not _flag_given(flags, name):
-            flags += [name, value]
-
-    plan = plans.from_config(cfg)
-    if plan.local_producers and not plan.global_producers and not _flag_given(flags, "--disable-radix-cache"):
-        flags.append("--disable-radix-cache")  # see sglang_seams.MixKVPoolConfigurator
 
     env = {}
-    window = int(cfg.get("sliding_window") or size.window)
-    if not has_gpu() and "OMP_NUM_THREADS" not in os.environ:
+    if not gpu and "OMP_NUM_THREADS" not in os.environ:
         # One intra-op thread: with two, any other busy process (the harness, a test)
         # stalls every parallel region of the forward pass (measured: ~19x slower).
         env["OMP_NUM_THREADS"] = "1"
     if "SGLANG_SWA_EVICTION_INTERVAL" not in os.environ:
         # Free out-of-window KV at least 8 times per window (SGLang's default is 128).
+        window = int(cfg.get("sliding_window") or size.window)
         env["SGLANG_SWA_EVICTION_INTERVAL"] = str(max(1, min(128, window // 8)))
     kv_budget = args.kv_budget
-    if kv_budget is None and not has_gpu() and not _flag_given(flags, "--max-total-tokens"):
+    if kv_budget is None and not gpu and not _flag_given(flags, "--max-total-tokens"):
         kv_budget = CPU_KV_BUDGET  # else SGLang would size the pool from free RAM
     if kv_budget:
         env[KV_BUDGET_ENV] = str(parse_bytes(kv_budget))

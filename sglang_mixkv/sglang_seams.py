@@ -65,10 +65,12 @@ def _choose_pool_configurator(original, kvc):
 
 
 def kv_budget_cap() -> Optional[int]:
-    """Bytes set by ``serve --kv-budget`` (env ``MIXKV_KV_BUDGET_BYTES``), if any."""
+    """Bytes set by ``serve --kv-budget`` (passed in the environment), if any."""
     import os
 
-    value = os.environ.get("MIXKV_KV_BUDGET_BYTES")
+    from sglang_mixkv.serve import KV_BUDGET_ENV
+
+    value = os.environ.get(KV_BUDGET_ENV)
     return int(value) if value else None
 
 
@@ -83,9 +85,10 @@ class MixKVPoolConfigurator(_pool_configurator_base()):
 
     Serves every MixAttention model, hybrid or not (a plan without consumers or local
     layers is a plain model: one pool, as SGLang's default configurator would size it),
-    so ``--kv-budget`` applies to all plans alike. Needs ``--max-running-requests``: the local pool is sized for exactly that many
-    requests (SGLang's admission control then keeps within it, evicting out-of-window
-    and cached local KV as requests advance)."""
+    so ``--kv-budget`` applies to all plans alike. A plan with both kinds needs
+    ``--max-running-requests``: the local pool is sized for exactly that many requests
+    (SGLang's admission control keeps within it, evicting out-of-window and cached
+    local KV as requests advance)."""
 
     def __init__(self, kvc):
         from sglang.srt.environ import envs
