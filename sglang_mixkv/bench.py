@@ -196,17 +196,19 @@ def capacity_table(run: Path, st: Settings) -> "pd.DataFrame":
             held = g // tokens if p.global_producers else running
             if p.local_producers and p.global_producers:
                 held = min(held, running)
+            n = cap.max_concurrent(budget, p, dims, size.window, tokens)
             row.update(
                 kv_budget_gib=round(budget / 2**30, 4),
                 formula_max_tokens=cap.max_tokens(budget, p, dims, size.window, tokens),
-                formula_max_requests=cap.max_concurrent(budget, p, dims, size.window, tokens),
+                formula_max_requests=n,
+                formula_local_tokens=n * min(tokens, size.window) if p.local_producers else None,
                 server_global_tokens=g, server_local_tokens=s, server_kvcache_gib=mem.get("kvcache"),
                 server_max_running=running, server_max_requests=held,
             )
         rows.append(row)
     df = pd.DataFrame(rows)
     first = ["plan", "global_producers", "local_producers", "kv_bytes_per_token", "kv_budget_gib",
-             "formula_max_tokens", "formula_max_requests", "server_global_tokens",
+             "formula_max_tokens", "formula_max_requests", "formula_local_tokens", "server_global_tokens",
              "server_local_tokens", "server_kvcache_gib", "server_max_running",
              "server_max_requests", "measured_max_held"]
     return df[[c for c in first if c in df] + [c for c in df if c not in first]]

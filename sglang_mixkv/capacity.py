@@ -103,20 +103,25 @@ class PoolSplit:
 
 
 def local_pool_cap(window: int, max_running: int, chunk: int, page: int = 1,
-                   eviction_interval: int = 128, chunks_in_flight: int = 2) -> int:
+                   eviction_interval: int = 128, chunks_in_flight: int = 2,
+                   radix_cache: bool = True) -> int:
     """Token slots the local pool needs so ``max_running`` requests never run short.
 
-    Per running request: its window, the tokens decoded between two out-of-window
-    evictions, one page to align the eviction point and one for the next decode
-    step; plus the prefill chunks in flight (two with the overlap scheduler)."""
-    per_request = window + eviction_interval + 2 * page
+    Per running request: the window it decodes in, the tokens decoded between two
+    out-of-window evictions, one page to align the eviction point and one for the next
+    decode step. With the radix cache on, SGLang also keeps the last window of each
+    request's cached prefix locked in the tree while the request runs (its admission
+    control counts the same two windows), so a request needs two windows. Plus the
+    prefill chunks in flight (two with the overlap scheduler)."""
+    windows = 2 if radix_cache else 1
+    per_request = windows * window + eviction_interval + 2 * page
     cap = per_request * max_running + chunks_in_flight * chunk + page
     return -(-cap // page) * page
 
 
 def pool_split(budget: int, plan: plans.Plan, dims: KVDims, *, window: int, max_running: int,
                chunk: int, page: int = 1, eviction_interval: int = 128,
-               chunks_in_flight: int = 2) -> PoolSplit:
+               chunks_in_flight: int = 2, radix_cache: bool = True) -> PoolSplit:
     """Split a KV byte budget between the global and local pools.
 
     The local pool is bounded by the window (``local_pool_cap``); the rest of the
@@ -131,7 +136,8 @@ def pool_split(budget: int, plan: plans.Plan, dims: KVDims, *, window: int, max_
     if pt.global_bytes == 0:
         s = budget // pt.local_bytes // page * page
         return PoolSplit(0, s, 0, s * pt.local_bytes)
-    s = local_pool_cap(window, max_running, chunk, page, eviction_interval, chunks_in_flight)
+    s = local_pool_cap(window, max_running, chunk, page, eviction_interval, chunks_in_flight,
+                       radix_cache)
     g = (budget - s * pt.local_bytes) // pt.global_bytes // page * page
     if g <= 0:
         raise ValueError(

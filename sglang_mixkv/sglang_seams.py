@@ -124,6 +124,7 @@ class MixKVPoolConfigurator(_pool_configurator_base()):
             chunk=chunk if chunk and chunk > 0 else mc.context_len,
             eviction_interval=max(1, envs.SGLANG_SWA_EVICTION_INTERVAL.get()),
             chunks_in_flight=1 if sa.disable_overlap_schedule else 2,
+            radix_cache=not sa.disable_radix_cache,
         )
 
     def calculate_pool_sizes(self, available_bytes: int, page_size: int):

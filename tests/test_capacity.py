@@ -53,7 +53,10 @@ def test_max_tokens_of_plain_plans_ignores_request_length():
 def test_pool_split_window_bounded_and_rest_global():
     p, d = preset("ma", 12), cap.KVDims(2, 32, 4)
     split = cap.pool_split(8 << 20, p, d, window=32, max_running=4, chunk=64, eviction_interval=4)
-    per_request = 32 + 4 + 2
+    per_request = 2 * 32 + 4 + 2  # two windows with the radix cache on
+    no_radix = cap.pool_split(8 << 20, p, d, window=32, max_running=4, chunk=64,
+                              eviction_interval=4, radix_cache=False)
+    assert no_radix.local_tokens == (32 + 4 + 2) * 4 + 2 * 64 + 1
     assert split.local_tokens == per_request * 4 + 2 * 64 + 1
     pt = cap.bytes_per_token(p, d)
     assert split.local_bytes == split.local_tokens * pt.local_bytes
