@@ -133,10 +133,34 @@ def run_sweep(plan: str, st: Settings, vdir: Path) -> None:
         server.stop()
 
 
+def best_max_running(plan: plans.Plan, st: Settings, budget: int, tokens: int) -> int:
+    """The --max-running-requests under which the server holds the most requests of
+    ``tokens`` tokens at once: for windowed plans a larger cap grows the local pool and
+    shrinks the global one, so hold(n) = min(global_tokens(n) // tokens, n) peaks."""
+    from sglang_mixkv.serve import DEFAULTS, eviction_interval
+
+    size = get_size(st.size)
+    dims = cap.KVDims.of(size)
+    n_formula = cap.max_concurrent(budget, plan, dims, size.window, tokens)
+    if not (plan.local_producers and plan.global_producers):
+        return max(2, int(n_formula * 1.25) + 1)  # the pool decides, not the cap
+
+    def hold(n: int) -> int:
+        try:
+            split = cap.pool_split(budget, plan, dims, window=size.window, max_running=n,
+                                   chunk=int(DEFAULTS[size.name]["--chunked-prefill-size"]),
+                                   eviction_interval=eviction_interval(size.window))
+        except ValueError:  # the local pool alone overflows the budget
+            return 0
+        return min(split.global_tokens // tokens, n)
+
+    return max(range(1, n_formula + 2), key=hold)
+
+
 def run_probe(plan: str, st: Settings, vdir: Path) -> None:
-    """Serve with --max-running-requests = the formula's count + 25% (so the global pool,
-    not the request cap, decides), then search for the most requests held at once
-    (:mod:`sglang_mixkv.probe`).
+    """Serve with the --max-running-requests that lets the allocated pools hold the most
+    requests (:func:`best_max_running`), then search for the most requests the server
+    actually holds at once (:mod:`sglang_mixkv.probe`), up to that cap.
 
     Requests hold T = input_len + output_len tokens at the end, as in the sweep, but are
     decode-heavy (T/32 prompt tokens) so that one prefill chunk admits many of them and
@@ -147,19 +171,18 @@ def run_probe(plan: str, st: Settings, vdir: Path) -> None:
     p = plans.resolve(plan, size.num_layers)
     tokens = st.input_len + st.output_len
     prompt_len = max(4, tokens // 32)
-    budget = cap.parse_bytes(st.kv_budget) if st.kv_budget else None
-    n_formula = (cap.max_concurrent(budget, p, cap.KVDims.of(size), size.window, tokens)
-                 if budget else st.max_running)
-    n_max = max(2, int(n_formula * 1.25) + 1)
-    probe_st = Settings(**{**asdict(st), "max_running": n_max})
-    server = Server(plan, probe_st, vdir / "probe-server.log")
+    if not st.kv_budget:
+        raise ValueError("the capacity probe needs --kv-budget (the formula needs the budget)")
+    budget = cap.parse_bytes(st.kv_budget)
+    n_formula = cap.max_concurrent(budget, p, cap.KVDims.of(size), size.window, tokens)
+    n_cap = best_max_running(p, st, budget, tokens)
+    server = Server(plan, Settings(**{**asdict(st), "max_running": n_cap}), vdir / "probe-server.log")
     try:
         server.wait_healthy()
         info = save_server_info(server.url, vdir / "probe_server_info.json")
-        result = asyncio.run(max_held(server.url, n_formula, n_max, prompt_len,
+        result = asyncio.run(max_held(server.url, min(n_formula, n_cap), n_cap, prompt_len,
                                       tokens - prompt_len, vocab=size.vocab))
-        result.update(n_formula=n_formula, n_sent=n_max, max_running=n_max, tokens=tokens,
-                      prompt_len=prompt_len, memory_usage=info["internal_states"][0]["memory_usage"])
+        result.update(n_formula=n_formula, max_running=n_cap, tokens=tokens, prompt_len=prompt_len)
         (vdir / "probe.json").write_text(json.dumps(result, indent=1) + "\n")
     finally:
         server.stop()
@@ -259,7 +282,15 @@ def write_report(run: Path, st: Settings) -> Path:
                   f"Requests of T = {st.input_len + st.output_len} tokens. `formula_*`: "
                   "`sglang_mixkv.capacity` at the server's KV budget; `server_*`: the pools "
                   "SGLang allocated (`/server_info`); `measured_max_held`: most requests the "
-                  "server ran at once without retracting (`make capacity`).", "",
+                  "server ran at once without retracting (`make capacity`, with "
+                  "`--max-running-requests` = `server_max_running`, the cap under which the "
+                  "allocated pools hold the most such requests). The formula charges each request "
+                  "one window of local KV (`formula_local_tokens`); the server's local pool "
+                  "reserves per running-request slot two windows (the request's own and its "
+                  "cached prefix's, locked in SGLang's radix tree), the tokens decoded between two "
+                  "evictions and 2 pages, plus two prefill chunks (`server_local_tokens`). That "
+                  "reservation is the slack between the formula and the pool: large at a few MiB "
+                  "of KV, small at GPU scale.", "",
                   captab.to_markdown(index=False), "", "![capacity](capacity.png)", ""]
     (run / "report.md").write_text("\n".join(parts))
     return run / "report.md"
@@ -355,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
             vdir = run / plan
             try:
                 (run_probe if a.capacity_only else run_sweep)(plan, st, vdir)
-            except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as e:
+            except (RuntimeError, TimeoutError, ValueError, subprocess.CalledProcessError) as e:
                 print(f"[{kind}] {plan} failed: {e}", file=sys.stderr, flush=True)
                 code = 1
     except KeyboardInterrupt:

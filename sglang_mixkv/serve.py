@@ -46,6 +46,11 @@ def default_model_dir(size: str, plan_spec: str, seed: int, weights: bool) -> Pa
     return root / f"{size}-{slug}-{f'seed{seed}' if weights else 'dummy'}"
 
 
+def eviction_interval(window: int) -> int:
+    """Decode steps between out-of-window evictions: 8 per window, at most SGLang's 128."""
+    return max(1, min(128, window // 8))
+
+
 def _flag_given(flags: list[str], name: str) -> bool:
     return any(f == name or f.startswith(name + "=") for f in flags)
 
@@ -96,7 +101,7 @@ def build_command(args: argparse.Namespace, sglang_flags: list[str]) -> tuple[li
     if "SGLANG_SWA_EVICTION_INTERVAL" not in os.environ:
         # Free out-of-window KV at least 8 times per window (SGLang's default is 128).
         window = int(cfg.get("sliding_window") or size.window)
-        env["SGLANG_SWA_EVICTION_INTERVAL"] = str(max(1, min(128, window // 8)))
+        env["SGLANG_SWA_EVICTION_INTERVAL"] = str(eviction_interval(window))
     kv_budget = args.kv_budget
     if kv_budget is None and not gpu and not _flag_given(flags, "--max-total-tokens"):
         kv_budget = CPU_KV_BUDGET  # else SGLang would size the pool from free RAM
