@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shlex
 import signal
 import subprocess
@@ -30,12 +29,14 @@ from pathlib import Path
 
 import requests
 
+from harness.server import launched
 from sglang_mixkv import capacity as cap
 from sglang_mixkv import plan as plans
 from sglang_mixkv.serve import REPO, has_gpu
 from sglang_mixkv.sizes import get_size
 
 GPU_PLANS = ["standard", "swa", "ma", "ma-offset", "ma-endslide", "ma-pairs"]
+SERVER_START_S = 1800  # paper size on a GPU: model folder, dummy weights, CUDA graphs
 
 
 @dataclass
@@ -69,45 +70,17 @@ def defaults(gpu: bool, capacity_only: bool = False) -> Settings:
 
 
 # ---- one server at a time ------------------------------------------------------------
-class Server:
-    """Our serve command in its own process group; ``stop`` kills the whole group."""
-
-    def __init__(self, plan: str, st: Settings, log: Path, extra: list[str] = ()):  # type: ignore[assignment]
-        self.url = f"http://127.0.0.1:{st.port}"
-        args = ["--plan", plan, "--size", st.size, "--port", str(st.port), "--enable-metrics"]
-        if st.kv_budget:
-            args += ["--kv-budget", st.kv_budget]
-        if st.mem_fraction:
-            args += ["--mem-fraction-static", str(st.mem_fraction)]
-        if st.max_running:
-            args += ["--max-running-requests", str(st.max_running)]
-        self.cmd = [sys.executable, "-m", "sglang_mixkv.serve", *args, *st.server_args, *extra]
-        log.parent.mkdir(parents=True, exist_ok=True)
-        self.log = log
-        self.proc = subprocess.Popen(self.cmd, cwd=REPO, stdout=open(log, "w"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_healthy(self, timeout: float = 1800) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited ({self.proc.returncode}); see {self.log}")
-            try:
-                if requests.get(self.url + "/health", timeout=5).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(2)
-        raise TimeoutError(f"server not healthy after {timeout:.0f}s; see {self.log}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(30)
+def server_command(plan: str, st: Settings, extra: list[str] = ()) -> tuple[list[str], str]:  # type: ignore[assignment]
+    """Our serve command for ``plan`` and the URL it will answer on."""
+    args = ["--plan", plan, "--size", st.size, "--port", str(st.port), "--enable-metrics"]
+    if st.kv_budget:
+        args += ["--kv-budget", st.kv_budget]
+    if st.mem_fraction:
+        args += ["--mem-fraction-static", str(st.mem_fraction)]
+    if st.max_running:
+        args += ["--max-running-requests", str(st.max_running)]
+    cmd = [sys.executable, "-m", "sglang_mixkv.serve", *args, *st.server_args, *extra]
+    return cmd, f"http://127.0.0.1:{st.port}"
 
 
 def save_server_info(url: str, out: Path) -> dict:
@@ -118,19 +91,16 @@ def save_server_info(url: str, out: Path) -> dict:
 
 # ---- per variant ---------------------------------------------------------------------
 def run_sweep(plan: str, st: Settings, vdir: Path) -> None:
-    server = Server(plan, st, vdir / "server.log")
-    try:
-        server.wait_healthy()
-        save_server_info(server.url, vdir / "server_info.json")
-        cmd = [sys.executable, "-m", "harness", "run", "--url", server.url, "--label", plan,
+    cmd, url = server_command(plan, st)
+    with launched(cmd, url, vdir / "server.log", timeout=SERVER_START_S):
+        save_server_info(url, vdir / "server_info.json")
+        cmd = [sys.executable, "-m", "harness", "run", "--url", url, "--label", plan,
                "--out", str(vdir / "harness"), "--num-prompts", str(st.num_prompts),
                "--input-len", str(st.input_len), "--output-len", str(st.output_len),
                "--concurrency", ",".join(map(str, st.concurrency)), "--warmup", str(st.warmup),
                "--timeout", str(st.timeout), "--no-progress"]
         print("  " + shlex.join(cmd), flush=True)
         subprocess.run(cmd, cwd=REPO, check=True)
-    finally:
-        server.stop()
 
 
 def best_max_running(plan: plans.Plan, st: Settings, budget: int, tokens: int) -> int:
@@ -176,16 +146,13 @@ def run_probe(plan: str, st: Settings, vdir: Path) -> None:
     budget = cap.parse_bytes(st.kv_budget)
     n_formula = cap.max_concurrent(budget, p, cap.KVDims.of(size), size.window, tokens)
     n_cap = best_max_running(p, st, budget, tokens)
-    server = Server(plan, Settings(**{**asdict(st), "max_running": n_cap}), vdir / "probe-server.log")
-    try:
-        server.wait_healthy()
-        info = save_server_info(server.url, vdir / "probe_server_info.json")
-        result = asyncio.run(max_held(server.url, min(n_formula, n_cap), n_cap, prompt_len,
+    cmd, url = server_command(plan, Settings(**{**asdict(st), "max_running": n_cap}))
+    with launched(cmd, url, vdir / "probe-server.log", timeout=SERVER_START_S):
+        save_server_info(url, vdir / "probe_server_info.json")
+        result = asyncio.run(max_held(url, min(n_formula, n_cap), n_cap, prompt_len,
                                       tokens - prompt_len, vocab=size.vocab))
-        result.update(n_formula=n_formula, max_running=n_cap, tokens=tokens, prompt_len=prompt_len)
-        (vdir / "probe.json").write_text(json.dumps(result, indent=1) + "\n")
-    finally:
-        server.stop()
+    result.update(n_formula=n_formula, max_running=n_cap, tokens=tokens, prompt_len=prompt_len)
+    (vdir / "probe.json").write_text(json.dumps(result, indent=1) + "\n")
 
 
 # ---- report ----------------------------------------------------------------------------

@@ -1,12 +1,13 @@
 """Start the real SGLang server (our serve command) in a subprocess for tests.
 
 SGLang SIGKILLs its parent when its scheduler dies, so the server always runs in its
-own process group, never inside the test process; stop() kills the whole group."""
+own process group, never inside the test process; stop() kills the whole group
+(``harness.server.kill_group``). Unlike ``harness.server.launched`` the server outlives
+one ``with`` block, so module-scoped fixtures can share it."""
 
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+
+from harness.server import healthy, kill_group
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -57,13 +60,7 @@ class Server:
         return self.proc.poll() is None
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        kill_group(self.proc)
 
 
 def start_server(args: list[str], log: Path, env: dict | None = None,
@@ -82,11 +79,8 @@ def start_server(args: list[str], log: Path, env: dict | None = None,
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log_text()[-4000:]}")
-        try:
-            if requests.get(server.url + "/health", timeout=2).status_code == 200:
-                return server
-        except requests.RequestException:
-            pass
+        if healthy(server.url):
+            return server
         time.sleep(1)
     server.stop()
     raise TimeoutError(f"server not healthy after {timeout}s:\n{server.log_text()[-4000:]}")
