@@ -89,7 +89,7 @@ def run_theirs(a, port, c, tmp: Path) -> dict:
             # release in the scheduler (HTTP 400 "pending requests"); we retry, it doesn't
             if "flush_cache" not in str(e) or attempt == 2:
                 raise
-            print(f"bench_serving flush raced its warm-up; retrying", file=sys.stderr)
+            print("bench_serving flush raced its warm-up; retrying", file=sys.stderr)
     r = json.loads(f.read_text().splitlines()[-1])
     return {"completed": r["completed"], "duration_s": r["duration"],
             **{k: r[k] for k in (*KEYS, *[k for k in OURS if k not in KEYS])}}

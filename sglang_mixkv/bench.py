@@ -156,7 +156,7 @@ def run_probe(plan: str, st: Settings, vdir: Path) -> None:
 
 
 # ---- report ----------------------------------------------------------------------------
-def capacity_table(run: Path, st: Settings) -> "pd.DataFrame":
+def capacity_table(run: Path, st: Settings):
     import pandas as pd
 
     size = get_size(st.size)
@@ -224,8 +224,8 @@ def write_report(run: Path, st: Settings) -> Path:
                   f"- workload: {st.num_prompts} prompts x {st.input_len} in / {st.output_len} out, "
                   f"concurrency {st.concurrency}, model size `{st.size}`", ""]
     if done:
-        hreport.render(done, run)  # summary.csv, throughput.png, latency.png
         summary = pd.concat([metrics.summarize(metrics.load_run(d)) for d in done], ignore_index=True)
+        hreport.plot(summary, run)  # throughput.png, latency.png
         base = summary[summary["label"] == "standard"].set_index("level")["output_tok_per_s"]
         summary["speedup_vs_standard"] = summary.apply(
             lambda r: r["output_tok_per_s"] / base[r["level"]] if r["level"] in base.index else None,

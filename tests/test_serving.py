@@ -16,6 +16,7 @@ import pytest
 from sglang_mixkv import capacity as cap
 from sglang_mixkv.plan import PRESET_NAMES, resolve
 from sglang_mixkv.reference import Reference
+from sglang_mixkv.serve import eviction_interval
 from sglang_mixkv.sizes import SIZES, write_model_folder
 from tests.serving import start_server
 
@@ -124,7 +125,7 @@ def test_pool_matches_capacity_model(served):
     usage = info["internal_states"][0]["memory_usage"]
     dims = cap.KVDims.of(SIZE)
     split = cap.pool_split(BUDGET, plan, dims, window=SIZE.window, max_running=MAX_RUNNING,
-                           chunk=CHUNK, eviction_interval=SIZE.window // 8)
+                           chunk=CHUNK, eviction_interval=eviction_interval(SIZE.window))
     hybrid = bool(plan.local_producers) or plan.has_consumers
     if plan.global_producers:
         assert usage["token_capacity"] == split.global_tokens
