@@ -64,23 +64,31 @@ class Server:
 
 
 def start_server(args: list[str], log: Path, env: dict | None = None,
-                 timeout: float = 240) -> Server:
-    """``python -m sglang_mixkv.serve ARGS --port P``; waits for /health."""
-    port = free_port()
+                 timeout: float = 240, attempts: int = 3) -> Server:
+    """``python -m sglang_mixkv.serve ARGS --port P``; waits for /health.
+
+    A free port can be taken by someone else before the server binds it (uvicorn then
+    logs EADDRINUSE and SGLang hangs instead of exiting): start again on a new port."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(log, "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sglang_mixkv.serve", *args, "--port", str(port)],
-        cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, **(env or {})},
-    )
-    server = Server(f"http://127.0.0.1:{port}", proc, log)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log_text()[-4000:]}")
-        if healthy(server.url):
-            return server
-        time.sleep(1)
-    server.stop()
-    raise TimeoutError(f"server not healthy after {timeout}s:\n{server.log_text()[-4000:]}")
+    for _ in range(attempts):
+        port = free_port()
+        with open(log, "w") as fh:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "sglang_mixkv.serve", *args, "--port", str(port)],
+                cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, **(env or {})},
+            )
+        server = Server(f"http://127.0.0.1:{port}", proc, log)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log_text()[-4000:]}")
+            if healthy(server.url):
+                return server
+            if "address already in use" in server.log_text():
+                break
+            time.sleep(1)
+        server.stop()
+        if "address already in use" not in server.log_text():
+            raise TimeoutError(f"server not healthy after {timeout}s:\n{server.log_text()[-4000:]}")
+    raise RuntimeError(f"no free port after {attempts} attempts:\n{server.log_text()[-4000:]}")
