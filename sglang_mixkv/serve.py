@@ -87,7 +87,7 @@ def build_command(args: argparse.Namespace, sglang_flags: list[str]) -> tuple[li
         defaults.update({"--device": "cpu", "--attention-backend": "torch_native",
                          "--sleep-on-idle": None})
     if plan.local_producers and not plan.global_producers:
-        defaults["--disable-radix-cache"] = None  # see sglang_seams.MixKVPoolConfigurator
+        defaults["--disable-radix-cache"] = None  # see sglang_seams.pools.MixKVPoolConfigurator
     defaults.update({"--host": args.host, "--port": str(args.port)})
     for name, value in defaults.items():
         if not _flag_given(flags, name):

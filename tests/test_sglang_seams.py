@@ -17,13 +17,16 @@ def test_plugin_registers_model_backend_and_pool_hook():
     from sglang.srt.plugins.hook_registry import HookRegistry
 
     from sglang_mixkv.model import MixAttentionForCausalLM
-    from sglang_mixkv.sglang_seams import WindowedTorchNativeBackend
+    from sglang_mixkv.sglang_seams.torch_native import WindowedTorchNativeBackend
+    from sglang_mixkv.sglang_seams.triton import WindowedTritonBackend
 
     load_plugins()
     assert ModelRegistry.models[ARCHITECTURE] is MixAttentionForCausalLM
     assert ModelRegistry.resolve_model_cls([ARCHITECTURE])[0] is MixAttentionForCausalLM
-    assert ATTENTION_BACKENDS["torch_native"].__module__ == "sglang_mixkv.sglang_seams"
+    for name in ("torch_native", "triton"):
+        assert ATTENTION_BACKENDS[name].__module__ == "sglang_mixkv.sglang_seams"
     assert WindowedTorchNativeBackend.__mro__[1].__name__ == "TorchNativeAttnBackend"
+    assert WindowedTritonBackend.__mro__[1].__name__ == "TritonAttnBackend"
     assert any("create_memory_pool_configurator" in t for t in HookRegistry._hooks)
 
 
