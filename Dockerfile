@@ -1,7 +1,11 @@
 # sglang-mixkv serving image: the official SGLang 0.5.17 image plus this package.
 #
 #   docker build -t sglang-mixkv .
-#   docker run --gpus all -p 30000:30000 sglang-mixkv --plan ma-offset
+#   docker run --gpus all --ipc=host --shm-size 32g -p 30000:30000 sglang-mixkv --plan ma-offset
+#
+# The server listens on 0.0.0.0: pass a key (`export MIXKV_API_KEY=...`, then
+# `docker run -e MIXKV_API_KEY ...`, or `--api-key KEY` after the image name) and every
+# endpoint but /health and /metrics needs "Authorization: Bearer KEY" (SGLang's --api-key).
 #
 # Any further argument goes to `python -m sglang_mixkv.serve` and from there to
 # sglang.launch_server (e.g. --max-running-requests 128 --mem-fraction-static 0.85).
@@ -16,8 +20,10 @@ COPY sglang_mixkv ./sglang_mixkv
 COPY harness ./harness
 # The image already has sglang, torch and flashinfer; this adds only our package, its
 # plugin entry point (SGLang loads it in every process) and its light dependencies.
-RUN python3 -m pip install --no-cache-dir . \
- && python3 -c "import sglang_mixkv.sglang_seams, importlib.metadata as m; \
+# PIP_BREAK_SYSTEM_PACKAGES: the image's Python may be marked "externally managed"
+# (PEP 668), which makes a plain `pip install` refuse; pips without PEP 668 ignore it.
+RUN PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir . \
+ && python3 -c "import sglang_mixkv.sglang_seams.pools, sglang_mixkv.sglang_seams.triton, importlib.metadata as m; \
 assert any(e.name == 'mixkv' for e in m.entry_points(group='sglang.srt.plugins'))"
 
 ENV MIXKV_SIZE=paper \

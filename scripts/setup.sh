@@ -16,6 +16,21 @@ if [ -n "${MIXKV_DEVICE:-}" ]; then device=$MIXKV_DEVICE
 elif command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then device=gpu
 else device=cpu; fi
 
+# sglang 0.5.17 pins torch 2.11, a CUDA 13 build: it needs NVIDIA driver 580 or newer.
+# With an older driver torch.cuda.is_available() is simply False; say so here instead.
+if [ "$device" = gpu ]; then
+  driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n1 | tr -d ' ' || true)
+  major=${driver%%.*}
+  if ! [[ "$major" =~ ^[0-9]+$ ]] || [ "$major" -lt 580 ]; then
+    echo "error: NVIDIA driver ${driver:-not found}: sglang 0.5.17 runs on torch 2.11 (CUDA 13)," \
+         "which needs driver 580 or newer. Upgrade the driver, or run MIXKV_DEVICE=cpu make setup" \
+         "for the CPU path." >&2
+    exit 1
+  fi
+  echo "setup: NVIDIA driver $driver"
+fi
+if [ -n "${MIXKV_SETUP_CHECK_ONLY:-}" ]; then echo "setup: checks passed ($device)"; exit 0; fi
+
 stamp="$VENV/.mixkv-setup"
 want=$(cat scripts/setup.sh scripts/sitecustomize.py scripts/requirements-*.txt pyproject.toml \
        | sha256sum | cut -c1-16)-$device

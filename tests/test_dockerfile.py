@@ -51,3 +51,27 @@ def test_default_command_resolves(tmp_path):
                        cwd=REPO, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "paper-ma-offset-dummy" in r.stderr and "--load-format dummy" in r.stderr
+
+
+def test_wheel_ships_every_module(tmp_path):
+    """The image installs the package non-editable (`pip install .`): every module of
+    ours must be in the wheel (a subpackage missing from pyproject's list would only
+    fail inside the image)."""
+    import shutil
+    import zipfile
+
+    src = tmp_path / "src"  # what the Dockerfile copies, without a stale build/ folder
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    for name in ("sglang_mixkv", "harness"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                        "-q", "-w", str(tmp_path / "dist"), str(src)], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    (wheel,) = (tmp_path / "dist").glob("sglang_mixkv-*.whl")
+    shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py")}
+    ours = {str(p.relative_to(REPO)) for d in ("sglang_mixkv", "harness")
+            for p in (REPO / d).rglob("*.py")}
+    assert ours <= shipped, sorted(ours - shipped)

@@ -29,9 +29,13 @@ backend has no window at all for such plans.
 
 from __future__ import annotations
 
+import logging
+
 from sglang.srt.layers.attention.triton_backend import TritonAttnBackend
 
 from sglang_mixkv import plan as plans
+
+logger = logging.getLogger(__name__)
 
 
 def decode_window(runner_window: int | None, hf_config) -> int | None:
@@ -54,6 +58,9 @@ class WindowedTritonBackend(TritonAttnBackend):
                                model_runner.model_config.hf_config)
         if window is None:
             self.window_kv_indptr = None
+            logger.info("mixkv triton: no local layers, no window index lists")
         elif self.window_kv_indptr is None:  # pragma: no cover - stock always allocates
             raise RuntimeError("triton backend built no window index buffer for a windowed plan")
+        else:
+            logger.info("mixkv triton: decode attends over the last %d keys", window)
         self.sliding_window_size = window

@@ -1,0 +1,85 @@
+"""Which device a command runs on, and the refusals that keep a GPU host honest.
+
+``MIXKV_DEVICE`` (``cpu`` or ``gpu``) decides when set. Otherwise a GPU that torch can
+use means ``gpu``, and no GPU at all means ``cpu``. The case in between is an error,
+not a fallback: ``nvidia-smi`` lists a GPU but torch cannot use it. The usual cause is
+a driver too old for torch's CUDA build (sglang 0.5.17 pins torch 2.11, a CUDA 13
+build: NVIDIA driver 580 or newer); torch then reports ``cuda.is_available() ==
+False`` without saying why, and a silent CPU fallback would serve at a thousandth of
+the speed with a 1 GiB KV budget.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+DEVICE_ENV = "MIXKV_DEVICE"
+#: Oldest NVIDIA driver for CUDA 13 builds of torch (sglang 0.5.17 pins torch 2.11+cu130).
+MIN_DRIVER = 580
+
+
+class DeviceError(RuntimeError):
+    """The machine has a GPU we must not ignore, or MIXKV_DEVICE asks for the impossible."""
+
+
+@dataclass(frozen=True)
+class NvidiaSmi:
+    gpus: list[str]  # one line per GPU, as ``nvidia-smi -L`` prints it
+    driver: str | None  # as nvidia-smi prints it, e.g. "580.65.06"
+
+    @property
+    def driver_major(self) -> int | None:
+        return int(self.driver.split(".")[0]) if self.driver else None
+
+
+def nvidia_smi() -> NvidiaSmi | None:
+    """What ``nvidia-smi`` reports, or None if it is missing or fails (no GPU)."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        listed = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=30)
+        version = subprocess.run([exe, "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    gpus = [line for line in listed.stdout.splitlines() if line.startswith("GPU ")]
+    if listed.returncode != 0 or not gpus:
+        return None
+    m = re.match(r"\s*(\d+(?:\.\d+)*)", version.stdout)
+    return NvidiaSmi(gpus, m.group(1) if m else None)
+
+
+def _torch_cuda() -> tuple[bool, str]:
+    import torch
+
+    return torch.cuda.is_available(), f"torch {torch.__version__} (CUDA {torch.version.cuda})"
+
+
+def resolve() -> str:
+    """``"gpu"`` or ``"cpu"``; raises DeviceError instead of a silent fallback."""
+    wanted = os.environ.get(DEVICE_ENV, "").strip().lower()
+    if wanted not in ("", "cpu", "gpu"):
+        raise DeviceError(f"{DEVICE_ENV}={wanted!r}: use cpu or gpu")
+    if wanted == "cpu":
+        return "cpu"
+    usable, torch_desc = _torch_cuda()
+    if usable:
+        return "gpu"
+    smi = nvidia_smi()
+    if smi is None and wanted != "gpu":
+        return "cpu"
+    if smi is None:
+        raise DeviceError(f"{DEVICE_ENV}=gpu but neither torch nor nvidia-smi sees a GPU")
+    old = smi.driver_major is not None and smi.driver_major < MIN_DRIVER
+    hint = (f"driver {smi.driver} is older than {MIN_DRIVER}, which CUDA 13 builds need; "
+            "upgrade the NVIDIA driver" if old
+            else f"check that the torch build matches CUDA driver {smi.driver or 'unknown'}")
+    raise DeviceError(
+        f"nvidia-smi lists {len(smi.gpus)} GPU(s) ({smi.gpus[0]}) but {torch_desc} cannot "
+        f"use them: {hint}. Set {DEVICE_ENV}=cpu to run on the CPU anyway."
+    )
