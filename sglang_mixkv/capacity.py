@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sglang_mixkv import plan as plans
-from sglang_mixkv.sizes import SIZES, ModelSize, get_size, param_count
+from sglang_mixkv.sizes import SIZES, ModelSize, get_size, param_count, with_kv_heads
 
 PAPER_INPUT, PAPER_OUTPUT = 31_000, 1_000
 PAPER_REQUEST = PAPER_INPUT + PAPER_OUTPUT
@@ -101,20 +101,30 @@ class PoolSplit:
     local_bytes: int
 
 
+def local_per_request(window: int, page: int = 1, eviction_interval: int = 128,
+                      tokens: int | None = None) -> int:
+    """Local-pool slots one running request pins at most: the window it decodes in,
+    the tokens decoded between two out-of-window evictions, one page to align the
+    eviction point and one for the next decode step. A request of ``tokens`` tokens
+    that never leaves its window holds only its tokens and a page.
+
+    One window, with the radix cache on too: our SWA radix cache
+    (``sglang_seams.radix``) releases the cached prompt's local KV as it leaves the
+    request's window, so prompt tail + decoded tokens stay within one window."""
+    per_request = window + eviction_interval + 2 * page
+    return per_request if tokens is None else min(per_request, tokens + page)
+
+
 def local_pool_cap(window: int, max_running: int, chunk: int, page: int = 1,
                    eviction_interval: int = 128, chunks_in_flight: int = 2,
                    radix_cache: bool = True) -> int:
-    """Token slots the local pool needs so ``max_running`` requests never run short.
-
-    Per running request: the window it decodes in, the tokens decoded between two
-    out-of-window evictions, one page to align the eviction point and one for the next
-    decode step. With the radix cache on, SGLang also keeps the last window of each
-    request's cached prefix locked in the tree while the request runs (its admission
-    control counts the same two windows), so a request needs two windows. Plus the
-    prefill chunks in flight (two with the overlap scheduler)."""
-    windows = 2 if radix_cache else 1
-    per_request = windows * window + eviction_interval + 2 * page
-    cap = per_request * max_running + chunks_in_flight * chunk + page
+    """Token slots the local pool needs so ``max_running`` requests never run short:
+    :func:`local_per_request` each, plus the prefill chunks in flight (two with the
+    overlap scheduler) and a page. ``radix_cache`` no longer changes the size (one
+    window either way); it is accepted for callers that pass it."""
+    del radix_cache
+    cap = (local_per_request(window, page, eviction_interval) * max_running
+           + chunks_in_flight * chunk + page)
     return -(-cap // page) * page
 
 
@@ -127,7 +137,8 @@ def pool_split(budget: int, plan: plans.Plan, dims: KVDims, *, window: int, max_
     budget goes to the global pool. Plans without local producers keep a local pool
     as large as the global one at zero bytes (SGLang's allocator pairs every global
     slot with a local one); plans without global producers give the budget to the
-    local pool, the only one there is."""
+    local pool, the only pool with bytes (``global_tokens`` 0 here; the server adds a
+    zero-byte global pool of token ids, see ``sglang_seams.pools``)."""
     pt = bytes_per_token(plan, dims)
     if pt.local_bytes == 0:
         g = budget // pt.global_bytes // page * page
@@ -147,6 +158,23 @@ def pool_split(budget: int, plan: plans.Plan, dims: KVDims, *, window: int, max_
     return PoolSplit(g, s, g * pt.global_bytes, s * pt.local_bytes)
 
 
+def pool_max_requests(split: PoolSplit, plan: plans.Plan, tokens: int, *, window: int,
+                      chunk: int, page: int = 1, eviction_interval: int = 128,
+                      chunks_in_flight: int = 2) -> int:
+    """Requests of ``tokens`` tokens that the pools of ``split`` hold at once: the
+    global pool's share (``tokens`` slots each), and the local pool's, after the
+    prefill chunks in flight, at :func:`local_per_request` each. For a plan with both
+    kinds the local pool was sized for ``max_running`` requests, so this is at most
+    that; the running-request cap itself is not applied here."""
+    held = []
+    if plan.global_producers:
+        held.append(split.global_tokens // tokens)
+    if plan.local_producers:
+        free = split.local_tokens - chunks_in_flight * chunk - page
+        held.append(max(0, free) // local_per_request(window, page, eviction_interval, tokens))
+    return min(held)
+
+
 # ---- CLI ---------------------------------------------------------------------------
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -164,20 +192,49 @@ def kv_budget(gpu_mem: int, mem_fraction: float, weight_bytes: int) -> int:
     return int(gpu_mem * mem_fraction) - weight_bytes
 
 
+def serve_sizing(size: ModelSize, window: int) -> dict:
+    """The pool-sizing flags ``python -m sglang_mixkv.serve`` gives SGLang for ``size``
+    (chunk size, eviction interval; page 1, overlap scheduler: two chunks in flight)."""
+    from sglang_mixkv.serve import DEFAULTS, eviction_interval  # serve imports this module
+
+    d = DEFAULTS.get(size.name, DEFAULTS["paper"])
+    return dict(window=window, chunk=int(d["--chunked-prefill-size"]), page=1,
+                eviction_interval=eviction_interval(window), chunks_in_flight=2)
+
+
 def capacity_rows(plan_specs: list[str], size: ModelSize, gpu_mem: int, mem_fraction: float,
-                  request_tokens: int = PAPER_REQUEST, window: int | None = None) -> list[dict]:
+                  request_tokens: int = PAPER_REQUEST, window: int | None = None,
+                  max_running: int | None = None) -> list[dict]:
+    """One row per plan: the formula at the KV budget left after the plan's weights,
+    and the pools our configurator would allocate there for ``max_running`` running
+    requests (default: the formula's request count) and what they hold.
+
+    Raises ValueError when the budget cannot hold the weights, or the local pool for
+    ``max_running`` requests leaves no room for the global pool."""
     window = window or size.window
     dims = KVDims.of(size)
+    sizing = serve_sizing(size, window)
     rows = []
     for spec in plan_specs:
         p = plans.resolve(spec, size.num_layers)
         weights = param_count(size, p) * size.dtype_bytes
         budget = kv_budget(gpu_mem, mem_fraction, weights)
+        if budget <= 0:
+            raise ValueError(
+                f"plan {spec}: {gpu_mem / 2**30:.2f} GiB x {mem_fraction} = "
+                f"{gpu_mem * mem_fraction / 2**30:.2f} GiB cannot hold the {size.name} model's "
+                f"weights ({weights / 2**30:.2f} GiB) and leaves no KV budget; raise --gpu-mem "
+                "or --mem-fraction, or pick a smaller --model"
+            )
         pt = bytes_per_token(p, dims)
+        n = max_concurrent(budget, p, dims, window, request_tokens)
+        running = n if max_running is None else max_running
+        split = pool_split(budget, p, dims, max_running=running, **sizing)
         rows.append({
             "plan": spec,
             "layout": p.pretty(),
             "layers": len(p),
+            "kv_heads": size.kv_heads,
             "global_producers": len(p.global_producers),
             "local_producers": len(p.local_producers),
             "global_bytes_per_token": pt.global_bytes,
@@ -187,7 +244,12 @@ def capacity_rows(plan_specs: list[str], size: ModelSize, gpu_mem: int, mem_frac
             "weight_bytes": weights,
             "kv_budget_bytes": budget,
             "max_tokens": max_tokens(budget, p, dims, window, request_tokens),
-            "max_concurrent_31k": max_concurrent(budget, p, dims, window, request_tokens),
+            "max_concurrent_31k": n,
+            "max_running": running,
+            "pool_global_tokens": split.global_tokens if p.global_producers else 0,
+            "pool_local_tokens": split.local_tokens if p.local_producers else 0,
+            "pool_max_requests": pool_max_requests(
+                split, p, request_tokens, **sizing),
         })
     return rows
 
@@ -195,26 +257,32 @@ def capacity_rows(plan_specs: list[str], size: ModelSize, gpu_mem: int, mem_frac
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m sglang_mixkv.capacity",
-        description="KV capacity of layer plans on one GPU (formula side). The KV budget "
-        "is gpu-mem x mem-fraction minus the model's weights.",
+        description="KV capacity of layer plans on one GPU: the formula, and the pools our "
+        "server would allocate. The KV budget is gpu-mem x mem-fraction minus the model's "
+        "weights.",
     )
     ap.add_argument("--plans", default="all", help="'all' or comma-separated presets / plan strings")
     ap.add_argument("--gpu-mem", default="80GiB", help="GPU memory, e.g. 80GiB (H100)")
     ap.add_argument("--mem-fraction", type=float, default=0.85,
                     help="static memory fraction for weights + KV (SGLang's --mem-fraction-static)")
     ap.add_argument("--model", default="paper", choices=list(SIZES))
+    ap.add_argument("--kv-heads", type=int, default=None,
+                    help="KV heads per layer (1 = MQA, the model's heads = MHA; default: the size's)")
     ap.add_argument("--window", type=int, default=None)
     ap.add_argument("--request-tokens", type=int, default=PAPER_REQUEST,
                     help="tokens per request (default 31K in + 1K out)")
+    ap.add_argument("--max-running", type=int, default=None,
+                    help="running requests the local pool is sized for (serve's "
+                    "--max-running-requests; default: the formula's request count per plan)")
     ap.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     ap.add_argument("--csv", help="also write the table as CSV here")
     ap.add_argument("--png", help="also write a bar chart of max_tokens here")
     a = ap.parse_args(argv)
-    size = get_size(a.model)
     specs = list(plans.PRESET_NAMES) if a.plans == "all" else [s.strip() for s in a.plans.split(",")]
     try:
+        size = with_kv_heads(get_size(a.model), a.kv_heads)
         rows = capacity_rows(specs, size, parse_bytes(a.gpu_mem), a.mem_fraction,
-                             a.request_tokens, a.window)
+                             a.request_tokens, a.window, a.max_running)
     except (plans.PlanError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,19 @@ def get_size(name: str) -> ModelSize:
     if name not in SIZES:
         raise ValueError(f"unknown model size {name!r}; sizes: {', '.join(SIZES)}")
     return SIZES[name]
+
+
+def with_kv_heads(size: ModelSize, kv_heads: int | None) -> ModelSize:
+    """``size`` with ``kv_heads`` KV heads per layer (1 = MQA, ``size.heads`` = MHA);
+    ``None`` keeps the size's. The name stays: model folders record the heads in
+    ``config.json`` (``num_key_value_heads``)."""
+    if kv_heads is None or kv_heads == size.kv_heads:
+        return size
+    if not 1 <= kv_heads <= size.heads or size.heads % kv_heads:
+        raise ValueError(f"--kv-heads {kv_heads}: size {size.name!r} has {size.heads} query "
+                         "heads; KV heads must divide them (1 = MQA, "
+                         f"{size.heads} = MHA)")
+    return replace(size, kv_heads=kv_heads)
 
 
 def param_count(size: ModelSize, plan: plans.Plan) -> int:
@@ -217,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
                                  description="Write a MixAttention model folder.")
     ap.add_argument("--size", default="tiny", choices=list(SIZES))
     ap.add_argument("--plan", default="ma", help="preset name or plan string")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", help="model folder to write (required unless --show)")
     ap.add_argument("--weights", action="store_true", help="write seeded random weights")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--window", type=int, default=None)
@@ -228,6 +241,8 @@ def main(argv: list[str] | None = None) -> None:
         for s in SIZES.values():
             print(json.dumps(asdict(s) | {"head_dim": s.head_dim}))
         return
+    if not a.out:
+        ap.error("--out is required (or --show to print the sizes)")
     path = write_model_folder(a.out, a.size, a.plan, weights=a.weights, seed=a.seed,
                               window=a.window, architecture=a.architecture)
     print(path)

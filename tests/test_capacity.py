@@ -53,10 +53,10 @@ def test_max_tokens_of_plain_plans_ignores_request_length():
 def test_pool_split_window_bounded_and_rest_global():
     p, d = preset("ma", 12), cap.KVDims(2, 32, 4)
     split = cap.pool_split(8 << 20, p, d, window=32, max_running=4, chunk=64, eviction_interval=4)
-    per_request = 2 * 32 + 4 + 2  # two windows with the radix cache on
+    per_request = 32 + 4 + 2  # one window, with the radix cache on too (sglang_seams.radix)
     no_radix = cap.pool_split(8 << 20, p, d, window=32, max_running=4, chunk=64,
                               eviction_interval=4, radix_cache=False)
-    assert no_radix.local_tokens == (32 + 4 + 2) * 4 + 2 * 64 + 1
+    assert no_radix == split
     assert split.local_tokens == per_request * 4 + 2 * 64 + 1
     pt = cap.bytes_per_token(p, d)
     assert split.local_bytes == split.local_tokens * pt.local_bytes
@@ -128,3 +128,67 @@ def test_cli_bad_plan_is_a_clear_error():
     r = subprocess.run([sys.executable, "-m", "sglang_mixkv.capacity", "--plans", "GLx"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "unknown letter 'x'" in r.stderr
+
+
+def test_pool_max_requests_counts_what_each_pool_holds():
+    p, d = preset("ma", 12), cap.KVDims(2, 32, 4)
+    kw = dict(window=32, chunk=64, eviction_interval=4)
+    split = cap.pool_split(8 << 20, p, d, max_running=10, **kw)
+    # the local pool holds exactly the 10 requests it was sized for; the global pool more
+    assert split.global_tokens // 300 > 10
+    assert cap.pool_max_requests(split, p, 300, **kw) == 10
+    # short requests (never out of their window) cost their tokens + a page locally
+    assert cap.local_per_request(32, 1, 4, tokens=10) == 11
+    # a plan without local layers: the global pool alone
+    std = cap.pool_split(8 << 20, preset("standard", 12), d, max_running=10, **kw)
+    assert cap.pool_max_requests(std, preset("standard", 12), 300, **kw) == std.global_tokens // 300
+    # all-local: the one pool at one window + interval + 2 pages each, after the chunks
+    a = cap.pool_split(1 << 20, parse("LlLl"), d, max_running=10, **kw)
+    assert cap.pool_max_requests(a, parse("LlLl"), 300, **kw) == (a.local_tokens - 129) // 38
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sglang_mixkv.capacity", *args],
+                          capture_output=True, text=True)
+
+
+def test_cli_pools_hold_within_5_percent_of_the_formula_at_paper_scale():
+    """One window per running request: at the formula's request count, the pools our
+    configurator would allocate on an 80 GiB GPU hold at least 95% of the formula's
+    requests for every preset (two windows per request held 76-93%)."""
+    r = _cli("--plans", "all", "--model", "paper", "--gpu-mem", "80GiB", "--json")
+    assert r.returncode == 0, r.stderr
+    for row in json.loads(r.stdout):
+        n = row["max_concurrent_31k"]
+        assert row["max_running"] == n
+        assert 0.95 * n <= row["pool_max_requests"] <= n, row
+        if row["local_producers"]:
+            assert row["pool_local_tokens"] >= n * 1024  # never less than a window each
+
+
+def test_cli_max_running_sizes_the_local_pool():
+    rows = {m: json.loads(_cli("--plans", "ma", "--max-running", str(m), "--json").stdout)[0]
+            for m in (100, 300)}
+    assert rows[100]["max_running"] == 100 and rows[100]["pool_max_requests"] == 100
+    assert rows[300]["pool_local_tokens"] > rows[100]["pool_local_tokens"]
+    assert rows[300]["pool_global_tokens"] < rows[100]["pool_global_tokens"]
+
+
+def test_cli_kv_heads_mqa():
+    """--kv-heads 1 (MQA): a quarter of the paper size's GQA-4 KV bytes per token, and
+    K/V projections that shrink the weights."""
+    gqa, mqa = (json.loads(_cli("--plans", "ma,cla2", "--json", *extra).stdout)
+                for extra in ((), ("--kv-heads", "1")))
+    for g, m in zip(gqa, mqa):
+        assert (g["kv_heads"], m["kv_heads"]) == (4, 1)
+        assert m["global_bytes_per_token"] * 4 == g["global_bytes_per_token"]
+        assert m["weight_bytes"] < g["weight_bytes"]
+        assert m["max_concurrent_31k"] > 3 * g["max_concurrent_31k"]
+    r = _cli("--plans", "ma", "--kv-heads", "3")
+    assert r.returncode == 2 and "must divide" in r.stderr
+
+
+def test_cli_budget_below_the_weights_is_a_clear_error():
+    r = _cli("--plans", "ma", "--model", "paper", "--gpu-mem", "1GiB")
+    assert r.returncode == 2 and not r.stdout
+    assert "cannot hold" in r.stderr and "weights" in r.stderr
