@@ -20,21 +20,31 @@ $(VENV)/.mixkv-setup-ok: scripts/setup.sh scripts/sitecustomize.py scripts/requi
 	bash scripts/setup.sh
 	@touch $@
 
+# Two pytest workers, one test module each at a time (module-scoped servers stay in one
+# worker): a real SGLang server is single-threaded here, so two cores run two.
+PYTEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not server" $(PYTEST_ARGS)
 
 # Knobs (unset = the defaults for this machine; see README):
 #   PLANS=standard,ma  PROMPTS=300  INPUT_LEN=31000  OUTPUT_LEN=1000  CONCURRENCY=1,8,32
-#   MEM_FRACTION=0.85  KV_BUDGET=64MiB  MAX_RUNNING=300  CONFIG=bench.json  OUT=results/x
+#   MEM_FRACTION=0.85  KV_BUDGET=64MiB  MAX_RUNNING=300  REPEATS=3  KV_HEADS=1  CONFIG=bench.json  OUT=results/x
 knob = $(if $($(1)),$(2) $($(1)))
 BENCH_FLAGS = $(call knob,PLANS,--plans) $(call knob,PROMPTS,--num-prompts) \
 	$(call knob,INPUT_LEN,--input-len) $(call knob,OUTPUT_LEN,--output-len) \
 	$(call knob,CONCURRENCY,--concurrency) $(call knob,MEM_FRACTION,--mem-fraction) \
 	$(call knob,KV_BUDGET,--kv-budget) $(call knob,MAX_RUNNING,--max-running) \
+	$(call knob,REPEATS,--repeats) $(call knob,KV_HEADS,--kv-heads) \
 	$(call knob,CONFIG,--config) $(call knob,OUT,--out) $(BENCH_ARGS)
+
+# API_KEY=KEY (bench, serve): the servers require it, the harness and bench send
+# it; it travels as the environment variable MIXKV_API_KEY, so make never echoes it.
+ifdef API_KEY
+export MIXKV_API_KEY := $(API_KEY)
+endif
 
 bench: setup
 	$(PY) -m sglang_mixkv.bench $(BENCH_FLAGS)

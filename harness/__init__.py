@@ -8,6 +8,7 @@ Data flows one way; each module holds one idea:
     runner    warm-up, concurrency levels, cache flushes, records appended to JSONL
     metrics   records -> per-level throughput and latency statistics (pandas)
     report    summaries -> CSV, Markdown, PNG; several runs side by side
+    sampler   the server's /metrics timeline while a run goes on; what bounded each level
     sysinfo   provenance: command, commit, versions, hardware
     server    start a server command in its own process group and tear it down
     overhead  how many streamed tokens/s the harness itself absorbs

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,11 +42,19 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vocab-size", type=int, help="default: read from the server's model folder")
     p.add_argument("--id-range", type=IdRange.parse, help="token ids LO:HI (default 3:vocab)")
     p.add_argument("--model", default="default", help="OpenAI 'model' field")
+    p.add_argument("--api-key", default=os.environ.get("MIXKV_API_KEY") or None,
+                   help="send 'Authorization: Bearer KEY' (a server started with --api-key; "
+                   "default: $MIXKV_API_KEY; never written to the results)")
     p.add_argument("--no-flush", action="store_true", help="don't POST /flush_cache between levels")
     p.add_argument("--wait", type=float, default=0.0, help="wait this long for the server to come up")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: only on a terminal)")
     p.add_argument("--no-report", action="store_true", help="skip report rendering at the end")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run the whole sweep this many times (run-to-run spread in the report)")
+    p.add_argument("--no-metrics", action="store_true",
+                   help="don't sample the server's /metrics into timeline.jsonl")
+    p.add_argument("--metrics-interval", type=float, default=1.0, help="seconds between samples")
 
 
 def config_from_args(a: argparse.Namespace):
@@ -62,7 +71,8 @@ def config_from_args(a: argparse.Namespace):
         concurrency=list(pick(a.concurrency, prof.concurrency)), rate=a.request_rate,
         warmup=pick(a.warmup, prof.warmup), seed=a.seed, timeout=pick(a.timeout, prof.timeout),
         vocab_size=a.vocab_size, id_range=a.id_range, model=a.model, flush=not a.no_flush,
-        progress=a.progress, wait=a.wait)
+        progress=a.progress, wait=a.wait, repeats=a.repeats, metrics=not a.no_metrics,
+        metrics_interval=a.metrics_interval, api_key=a.api_key)
 
 
 def cmd_run(a: argparse.Namespace) -> int:

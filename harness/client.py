@@ -63,6 +63,7 @@ class Record:
     input_len: int  # requested
     output_len: int  # requested
     due: float
+    repeat: int = 0  # which run of the level (0-based; a level runs --repeats times)
     sent: float | None = None
     first: float | None = None
     done: float | None = None
@@ -254,11 +255,33 @@ async def send(session: aiohttp.ClientSession, url: str, api: Api, req: Request,
     return rec
 
 
-def make_session(concurrency: int) -> aiohttp.ClientSession:
+#: Environment variable holding the server's API key (``--api-key``'s default).
+API_KEY_ENV = "MIXKV_API_KEY"
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """``Authorization: Bearer KEY`` (SGLang's and OpenAI's scheme), or nothing."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """``argv`` with the value of ``--api-key`` replaced, for results files and logs."""
+    out = list(argv)
+    for i, a in enumerate(out):
+        if a.startswith("--api-key="):
+            out[i] = "--api-key=***"
+        elif i and out[i - 1] == "--api-key":
+            out[i] = "***"
+    return out
+
+
+def make_session(concurrency: int, api_key: str | None = None) -> aiohttp.ClientSession:
     """A session with no connection cap below ``concurrency`` and no global timeout
-    (per-request timeouts are applied by :func:`send`)."""
+    (per-request timeouts are applied by :func:`send`); every request carries
+    ``api_key`` when one is given."""
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=max(concurrency, 100), force_close=False),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
         read_bufsize=READ_BUFSIZE,
+        headers=auth_headers(api_key),
     )

@@ -1,12 +1,15 @@
 """Per-level aggregates of a run's request records (pandas).
 
-One row per (label, level, rate). Conventions:
+One row per (label, level, rate), over every run of the level (``--repeats``): counts
+summed, the other columns the median of the runs, with each run's range for the
+throughputs and median latencies (:data:`SPREAD`); :func:`per_run` gives the runs
+themselves. Conventions:
 
 * Warm-up records are dropped. Cancelled requests (Ctrl-C) are counted but are neither
   successes nor failures; failed ones are ``failed``; successful ones whose server-reported
   lengths differ from the requested ones are also counted in ``mismatched``.
 * ``duration`` runs from the level's start (t = 0, the first due time) to the end of its
-  last request, so throughputs are ``successful work / duration``.
+  last request, so throughputs are ``successful work / duration`` (per run).
 * Token counts are the server's (``prompt_tokens``, ``completion_tokens``), falling back
   to the requested input length / the tokens seen in the stream when it gave none.
 * Latency statistics are over successful requests, in milliseconds: mean and the
@@ -27,6 +30,13 @@ import pandas as pd
 QUANTILES = {"p50": 0.50, "p90": 0.90, "p99": 0.99}
 LATENCIES = ("ttft", "ttft_from_due", "tpot", "itl", "e2e", "e2e_from_due")
 KEYS = ["label", "level", "rate"]
+RUN_KEYS = KEYS + ["repeat"]
+#: per-level counts: summed over the runs of a level (everything else: their median)
+COUNTS = ("requests", "ok", "failed", "cancelled", "mismatched", "input_tokens",
+          "output_tokens", "cached_tokens")
+#: columns whose run-to-run range (min, max, spread) every summary carries
+SPREAD = ("req_per_s", "output_tok_per_s", "total_tok_per_s", "ttft_p50_ms", "tpot_p50_ms",
+          "itl_p50_ms", "e2e_p50_ms")
 
 
 def read_jsonl(path: Path) -> pd.DataFrame:
@@ -89,17 +99,46 @@ def _level(g: pd.DataFrame) -> pd.Series:
     return pd.Series(row)
 
 
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (label, level, rate) of the non-warm-up records; ``rate`` inf = all at once."""
+def per_run(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (label, level, rate, repeat) of the non-warm-up records: each run of a
+    level on its own (records without ``repeat`` are run 0)."""
     if df.empty:
-        return pd.DataFrame(columns=KEYS)
+        return pd.DataFrame(columns=RUN_KEYS)
     df = df[~df["warmup"].astype(bool)].copy()
     if df.empty:
-        return pd.DataFrame(columns=KEYS)
+        return pd.DataFrame(columns=RUN_KEYS)
     df["rate"] = pd.to_numeric(df["rate"]).fillna(math.inf)
-    rows = df.groupby(KEYS, sort=False).apply(_level, include_groups=False)
-    return rows.reset_index().sort_values(["label", "rate", "level"], kind="stable",
+    df["repeat"] = pd.to_numeric(df["repeat"]).fillna(0).astype(int) if "repeat" in df else 0
+    rows = df.groupby(RUN_KEYS, sort=False).apply(_level, include_groups=False)
+    return rows.reset_index().sort_values(["label", "rate", "level", "repeat"], kind="stable",
                                            ignore_index=True)
+
+
+def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (label, level, rate) from :func:`per_run` rows: counts summed over the
+    runs, every other column the median of the runs; ``runs`` their number; for each of
+    :data:`SPREAD` its ``_min`` and ``_max`` over the runs and ``_spread`` = (max - min) /
+    median. With one run the row is that run (spread 0)."""
+    if runs.empty:
+        return pd.DataFrame(columns=KEYS)
+    cols = [c for c in runs.columns if c not in RUN_KEYS]
+    g = runs.groupby(KEYS, sort=False)
+    out = g[cols].median()
+    out[[c for c in COUNTS if c in out]] = g[[c for c in COUNTS if c in out]].sum()
+    out.insert(0, "runs", g.size())
+    for c in SPREAD:
+        lo, hi = g[c].min(), g[c].max()
+        out[f"{c}_min"], out[f"{c}_max"] = lo, hi
+        out[f"{c}_spread"] = (hi - lo) / out[c]
+    ints = [c for c in COUNTS if c in out]
+    out[ints] = out[ints].astype(int)
+    return out.reset_index()
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (label, level, rate) of the non-warm-up records, over all runs of the
+    level (:func:`per_run` then :func:`aggregate`); ``rate`` inf = all at once."""
+    return aggregate(per_run(df))
 
 
 def _statuses(s: pd.Series) -> str:
@@ -127,3 +166,37 @@ def mismatches(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     m = df[df["mismatch"].notna() & ~df["warmup"].astype(bool)]
     return m[cols].reset_index(drop=True)
+
+
+def speedup(summary: pd.DataFrame, baseline: str, col: str = "output_tok_per_s") -> pd.DataFrame:
+    """``summary`` (one row per label and level, from :func:`summarize`) with the speed-up
+    of every label over ``baseline`` at the same level and rate: ``speedup_vs_<baseline>``
+    (median over median), ``speedup_low`` / ``speedup_high`` (worst run over the
+    baseline's best, best over its worst) and ``significant``: ``yes`` when the two labels'
+    runs do not overlap (every run of one beats every run of the other), ``no`` when the
+    ranges overlap (the difference is inside the run-to-run spread), ``n/a`` with one run
+    on either side. The baseline's own rows get 1.0 and ``-``."""
+    out = summary.copy()
+    name = f"speedup_vs_{baseline}"
+    lo, hi = f"{col}_min", f"{col}_max"
+    base = out[out["label"] == baseline].set_index(["level", "rate"])
+    rows = []
+    for _, r in out.iterrows():
+        key = (r["level"], r["rate"])
+        if key not in base.index:
+            rows.append((np.nan, np.nan, np.nan, "n/a (no baseline)"))
+            continue
+        b = base.loc[key]
+        ratio = r[col] / b[col]
+        low, high = r[lo] / b[hi], r[hi] / b[lo]
+        if r["label"] == baseline:
+            verdict = "-"
+        elif min(r["runs"], b["runs"]) < 2:
+            verdict = "n/a (1 run)"
+        elif r[lo] > b[hi] or r[hi] < b[lo]:
+            verdict = "yes"
+        else:
+            verdict = "no (inside run-to-run spread)"
+        rows.append((ratio, low, high, verdict))
+    out[[name, "speedup_low", "speedup_high", "significant"]] = pd.DataFrame(rows, index=out.index)
+    return out

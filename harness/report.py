@@ -2,8 +2,11 @@
 
 ``render([run_dir], out)`` writes into ``out``:
 ``summary.csv`` (+ ``summary.parquet`` when pyarrow is installed), ``report.md``,
-``throughput.png`` (tokens/s and requests/s vs concurrency) and ``latency.png``
-(TTFT, TPOT, ITL, E2E p50 and p99 vs concurrency), one line per variant label.
+``throughput.png`` (tokens/s and requests/s vs concurrency, with each level's run-to-run
+range) and ``latency.png`` (TTFT, TPOT, ITL, E2E p50 and p99 vs concurrency), one line
+per variant label, and, when the runs sampled the server's ``/metrics``,
+``timeline.png`` (running and queued requests, global and local pool usage over time,
+one row per variant) with a table of what bounded each level (:mod:`harness.sampler`).
 It works on partial runs (interrupted, crashed): it only reads what was written.
 """
 
@@ -21,13 +24,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
 
-from harness import metrics  # noqa: E402
+from harness import metrics, sampler  # noqa: E402
 
 TABLE_COLUMNS = {
-    "label": "variant", "level": "conc", "rate": "rate", "ok": "ok", "failed": "failed",
+    "label": "variant", "level": "conc", "rate": "rate", "runs": "runs", "ok": "ok",
+    "failed": "failed",
     "cancelled": "cancelled", "mismatched": "len mismatch", "duration_s": "time s",
     "req_per_s": "req/s", "input_tok_per_s": "in tok/s", "output_tok_per_s": "out tok/s",
-    "total_tok_per_s": "total tok/s",
+    "output_tok_per_s_spread": "out tok/s spread", "total_tok_per_s": "total tok/s",
     "ttft_mean_ms": "TTFT mean", "ttft_p50_ms": "TTFT p50", "ttft_p99_ms": "TTFT p99",
     "ttft_from_due_p99_ms": "TTFT-from-due p99",
     "tpot_mean_ms": "TPOT mean", "tpot_p50_ms": "TPOT p50", "tpot_p99_ms": "TPOT p99",
@@ -106,7 +110,10 @@ def plot(summary: pd.DataFrame, out: Path) -> list[Path]:
     for ax, col, title in zip(axes, ["output_tok_per_s", "total_tok_per_s", "req_per_s"],
                               ["output tokens/s", "total tokens/s", "requests/s"]):
         for (label, rate), g in groups:
-            ax.plot(g["level"], g[col], marker="o", label=name(label, rate))
+            line, = ax.plot(g["level"], g[col], marker="o", label=name(label, rate))
+            if f"{col}_min" in g and (g.get("runs", 1) > 1).any():  # run-to-run range
+                ax.fill_between(g["level"], g[f"{col}_min"], g[f"{col}_max"],
+                                color=line.get_color(), alpha=0.2)
         _axes(ax, levels, title)
     axes[0].legend()
     fig.tight_layout()
@@ -131,14 +138,110 @@ def plot(summary: pd.DataFrame, out: Path) -> list[Path]:
     return paths
 
 
+# ---- the server's timeline ------------------------------------------------------------
+BOUNDS_COLUMNS = {"label": "variant", "level": "conc", "runs": "runs", "samples": "samples",
+                  "peak_running": "peak running", "median_running": "median running",
+                  "peak_queued": "peak queued", "peak_global_usage": "global pool peak",
+                  "peak_local_usage": "local pool peak", "retractions": "retractions",
+                  "cached_tokens": "cached tokens",
+                  "bounded_by": "what bounded it (server timeline)"}
+
+
+def timeline_bounds(run_dirs: list[Path]) -> tuple[pd.DataFrame, list[str]]:
+    """Per (variant, level): the server's timeline over every run of the level (peaks are
+    the maximum over the runs, the median running the median of the runs' medians,
+    retractions summed) and what bounded it (:func:`harness.sampler.what_bounded`); plus a
+    note for every run folder without a timeline."""
+    rows, notes = [], []
+    for d in map(Path, run_dirs):
+        meta = _meta(d)
+        label = meta.get("label") or d.name
+        tl = sampler.load(d)
+        if tl.empty or "running" not in tl:
+            why = (meta.get("timeline") or {}).get("note") or "no timeline.jsonl in the run folder"
+            notes.append(f"{label}: {why}")
+            continue
+        info = json.loads((d / "server_info.json").read_text()) if (d / "server_info.json").is_file() else {}
+        prompts = (meta.get("config") or {}).get("num_prompts")
+        per = sampler.level_summary(tl, meta.get("levels", []))
+        for level, g in per.groupby("level", sort=False):
+            agg = {"samples": int(g["samples"].sum()),
+                   "peak_running": g["peak_running"].max(), "median_running": g["median_running"].median(),
+                   "peak_queued": g["peak_queued"].max(), "peak_global_usage": g["peak_global_usage"].max(),
+                   "peak_local_usage": g["peak_local_usage"].max(),
+                   "retractions": g["retractions"].sum(min_count=1),
+                   "cached_tokens": g["cached_tokens"].sum(min_count=1)}
+            rows.append({"label": label, "level": int(level), "runs": len(g), **agg,
+                         "bounded_by": sampler.what_bounded(agg, int(level), prompts or int(level),
+                                                            info.get("max_running_requests"))})
+    return pd.DataFrame(rows, columns=list(BOUNDS_COLUMNS)), notes
+
+
+def bounds_table(bounds: pd.DataFrame) -> pd.DataFrame:
+    t = bounds[[c for c in BOUNDS_COLUMNS if c in bounds]].copy()
+    for c in ("peak_global_usage", "peak_local_usage"):
+        if c in t:
+            t[c] = t[c].map(lambda v: "-" if pd.isna(v) else f"{v:.0%}")
+    return t.rename(columns=BOUNDS_COLUMNS)
+
+
+def plot_timeline(run_dirs: list[Path], path: Path) -> Path | None:
+    """``path``: per variant (one row each) running and queued requests, and global and
+    local pool usage, over the run's time; each level run shaded and named. None when no
+    run has a timeline."""
+    items = []
+    for d in map(Path, run_dirs):
+        tl, meta = sampler.load(d), _meta(d)
+        if not tl.empty and "running" in tl:
+            items.append((meta.get("label") or d.name, tl.sort_values("t"), meta.get("levels", [])))
+    if not items:
+        return None
+    fig, axes = plt.subplots(len(items), 2, figsize=(15, 2.4 * len(items) + 0.8), squeeze=False)
+    for (label, tl, windows), (a, b) in zip(items, axes):
+        step = dict(drawstyle="steps-post", marker=".", markersize=3)  # gauges hold until the next sample
+        a.plot(tl["t"], tl["running"], color="C0", label="running", **step)
+        if "queued" in tl:
+            a.plot(tl["t"], tl["queued"], color="C3", label="queued", **step)
+        for col, name, color in (("global_usage", "global pool", "C2"), ("local_usage", "local pool", "C4")):
+            if col in tl and tl[col].notna().any():
+                b.plot(tl["t"], tl[col] * 100, color=color, label=name, **step)
+        for i, w in enumerate(windows):
+            for ax in (a, b):
+                ax.axvspan(w["start"], w["end"], color="0.5", alpha=0.08 + 0.08 * (i % 2), lw=0)
+            a.text((w["start"] + w["end"]) / 2, 1.0, f"c={w['level']}", transform=a.get_xaxis_transform(),
+                   ha="center", va="bottom", fontsize=7)
+        a.set_ylabel(f"{label}\nrequests")
+        a.set_ylim(bottom=0)
+        b.set(ylabel="pool usage %", ylim=(0, 105))
+        for ax in (a, b):
+            ax.grid(alpha=0.3)
+            ax.legend(loc="upper right", fontsize=7)
+    axes[-1][0].set_xlabel("seconds since the run started")
+    axes[-1][1].set_xlabel("seconds since the run started")
+    fig.suptitle("Server timeline (SGLang /metrics): running and queued requests, KV pool usage")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
 def markdown(summary: pd.DataFrame, df: pd.DataFrame, metas: list[dict],
-             plots: list[Path]) -> str:
+             plots: list[Path], bounds: pd.DataFrame | None = None,
+             notes: list[str] = ()) -> str:
     parts = ["# Serving benchmark report", "", "## Runs", "", _runs_md(metas), ""]
     parts += ["## Per concurrency level", "",
               "Throughput counts successful requests only; latencies in ms over successful "
-              "requests; TTFT-from-due includes waiting for a concurrency slot.", ""]
+              "requests; TTFT-from-due includes waiting for a concurrency slot. With several "
+              "runs per level: counts summed, other columns the median of the runs, "
+              "spread = (max - min) / median of the runs' output tok/s.", ""]
     parts.append(table(summary).to_markdown(index=False, floatfmt=".4g") if len(summary)
                  else "_no finished requests_")
+    if (bounds is not None and len(bounds)) or notes:
+        parts += ["", "## Server timeline", "",
+                  "From SGLang's `/metrics`, sampled about once a second (`timeline.jsonl`)."]
+        if bounds is not None and len(bounds):
+            parts += ["", bounds_table(bounds).to_markdown(index=False, floatfmt=".4g")]
+        parts += [""] + [f"- {n}" for n in notes]
     fails, mism = metrics.failures(df), metrics.mismatches(df)
     parts += ["", f"## Failures ({int(fails['count'].sum()) if len(fails) else 0})", ""]
     parts.append(fails.to_markdown(index=False) if len(fails) else "none")
@@ -164,7 +267,10 @@ def render(run_dirs: list[Path], out: Path) -> dict[str, Path]:
         files["parquet"] = out / "summary.parquet"
         summary.to_parquet(files["parquet"], index=False)
     plots = plot(summary, out) if len(summary) else []
+    if tl_plot := plot_timeline(run_dirs, out / "timeline.png"):
+        plots.append(tl_plot)
     files.update({p.stem: p for p in plots})
+    bounds, notes = timeline_bounds(run_dirs)
     files["md"] = out / "report.md"
-    files["md"].write_text(markdown(summary, df, metas, plots))
+    files["md"].write_text(markdown(summary, df, metas, plots, bounds, notes))
     return files

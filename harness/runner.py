@@ -10,6 +10,13 @@ rewritten at the end with the final ``status`` (``complete`` or ``interrupted``)
 Between levels (and after warm-up) the server's prefix cache is flushed with
 ``POST /flush_cache`` when the server has it (SGLang); servers without it are noted in
 ``meta.json`` and the run goes on.
+
+With ``repeats`` > 1 the whole sweep runs that many times (repeat-major: 1, 8, 32, 1, 8,
+32, ...), so a drift of the machine's speed spreads over every level; each record
+carries its ``repeat``, and ``meta.json``'s ``levels`` lists every level run's window
+on the run's clock. Meanwhile :class:`harness.sampler.Sampler` records the server's
+``/metrics`` into ``timeline.jsonl`` on the same clock (a server without it is noted
+in ``meta.json``'s ``timeline`` and the run goes on).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +33,7 @@ from typing import Any
 import aiohttp
 from tqdm import tqdm
 
-from harness import client, sysinfo
+from harness import client, sampler, sysinfo
 from harness.workload import IdRange, Request, arrival_offsets, make_requests
 
 JSONL = "requests.jsonl"
@@ -60,10 +68,15 @@ class RunConfig:
     flush: bool = True
     progress: bool | None = None  # None: only on a terminal
     wait: float = 0.0  # seconds to wait for the server to come up
+    repeats: int = 1  # runs of every level (run-to-run spread); repeat-major order
+    metrics: bool = True  # sample the server's /metrics into timeline.jsonl
+    metrics_interval: float = 1.0  # seconds between samples
+    api_key: str | None = field(default=None, repr=False)  # never written to meta.json
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["out"], d["rate"] = str(self.out), None if math.isinf(self.rate) else self.rate
+        d["api_key"] = "***" if self.api_key else None
         return d
 
 
@@ -110,6 +123,19 @@ async def probe(session: aiohttp.ClientSession, url: str, wait: float = 0.0) -> 
         await asyncio.sleep(1.0)
 
 
+async def check_auth(session: aiohttp.ClientSession, url: str) -> None:
+    """Raise :class:`StartupError` when the server refuses this session's API key (or
+    its absence): ``/health`` answers without a key, ``/v1/models`` does not."""
+    try:
+        async with session.get(url + "/v1/models", timeout=aiohttp.ClientTimeout(total=30)) as r:
+            status = r.status
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        return
+    if status in (401, 403):
+        raise StartupError(f"{url} refused the run's requests (HTTP {status}): it wants an API "
+                           f"key; pass --api-key KEY or set {client.API_KEY_ENV}")
+
+
 async def discover_vocab(session: aiohttp.ClientSession, url: str) -> int | None:
     """Vocabulary size from the model folder the server names (``/model_info`` for
     SGLang, ``/v1/models`` ``root`` for vLLM), when that folder is readable here."""
@@ -147,7 +173,7 @@ async def flush_cache(session: aiohttp.ClientSession, url: str) -> str:
 
 async def run_level(session: aiohttp.ClientSession, cfg: RunConfig, api: client.Api,
                     reqs: list[Request], level: int, sink: JsonlSink,
-                    desc: str) -> list[client.Record]:
+                    desc: str, repeat: int = 0) -> list[client.Record]:
     """Run ``reqs`` with at most ``level`` in flight; return the records written."""
     t0 = time.perf_counter()
 
@@ -163,7 +189,7 @@ async def run_level(session: aiohttp.ClientSession, cfg: RunConfig, api: client.
 
     async def one(req: Request, due: float) -> None:
         rec = client.Record(cfg.label, level, None if math.isinf(rate) else rate, req.index,
-                            req.warmup, api.name, req.input_len, req.output_len, due)
+                            req.warmup, api.name, req.input_len, req.output_len, due, repeat)
         try:
             if (delay := due - clock()) > 0:
                 await asyncio.sleep(delay)
@@ -184,11 +210,11 @@ async def run_level(session: aiohttp.ClientSession, cfg: RunConfig, api: client.
     return done
 
 
-def _level_line(recs: list[client.Record], label: str, level: int) -> str:
+def _level_line(recs: list[client.Record], label: str, level: int, run: str = "") -> str:
     ok = [r for r in recs if r.ok]
     dur = max((r.done for r in recs), default=0.0) or float("nan")
     out = sum(r.completion_tokens or r.stream_tokens for r in ok)
-    return (f"[{label}] c={level}: {len(ok)}/{len(recs)} ok, "
+    return (f"[{label}] c={level}{run}: {len(ok)}/{len(recs)} ok, "
             f"{len(ok) / dur:.2f} req/s, {out / dur:.1f} out tok/s, {dur:.1f} s")
 
 
@@ -202,8 +228,9 @@ async def run(cfg: RunConfig, argv: list[str] | None = None) -> Path:
     if (cfg.out / JSONL).exists():
         raise FileExistsError(f"{cfg.out / JSONL} exists: pick a new --out")
     api = client.GenerateApi() if cfg.api == "generate" else client.OpenAIApi(cfg.model)
-    async with client.make_session(max(cfg.concurrency + [cfg.warmup])) as session:
+    async with client.make_session(max(cfg.concurrency + [cfg.warmup]), cfg.api_key) as session:
         answered = await probe(session, cfg.url, cfg.wait)
+        await check_auth(session, cfg.url)
         cfg.out.mkdir(parents=True, exist_ok=True)
         server_info = await get_json(session, cfg.url, "/server_info")
         model_info = await get_json(session, cfg.url, "/model_info")
@@ -221,27 +248,47 @@ async def run(cfg: RunConfig, argv: list[str] | None = None) -> Path:
         warm = make_requests(cfg.warmup, cfg.input_len, cfg.output_len, cfg.seed, cfg.id_range,
                              warmup=True)
         meta = {"status": "running", "label": cfg.label, "config": cfg.to_json(),
-                "probe": answered, "flush": {}, "levels_done": [],
-                "started_unix": time.time(), **sysinfo.collect(argv)}
+                "probe": answered, "flush": {}, "levels_done": [], "levels": [],
+                "started_unix": time.time(),
+                **sysinfo.collect(client.redact_argv(sys.argv if argv is None else argv))}
+        t0 = time.perf_counter()  # the run's clock: level windows and timeline samples
+        timeline = sampler.Sampler(cfg.url, cfg.out / sampler.TIMELINE, cfg.metrics_interval, t0)
+        note = await timeline.start() if cfg.metrics else "no server timeline (--no-metrics)"
+        meta["timeline"] = {"file": sampler.TIMELINE if note is None else None,
+                            "interval_s": cfg.metrics_interval, "note": note}
+        if note:
+            tqdm.write(f"[{cfg.label}] {note}")
         write_meta(cfg, meta)
         sink = JsonlSink(cfg.out / JSONL)
         try:
             if warm:
                 await run_level(session, cfg, api, warm, len(warm), sink, f"{cfg.label} warm-up")
-            for level in cfg.concurrency:
-                if cfg.flush:
-                    meta["flush"][str(level)] = await flush_cache(session, cfg.url)
-                recs = await run_level(session, cfg, api, reqs, level, sink, f"{cfg.label} c={level}")
-                meta["levels_done"].append(level)
-                tqdm.write(_level_line(recs, cfg.label, level))
+            for rep in range(cfg.repeats):
+                run = f" run {rep + 1}/{cfg.repeats}" if cfg.repeats > 1 else ""
+                for level in cfg.concurrency:
+                    if cfg.flush:
+                        key = str(level) if cfg.repeats == 1 else f"{level}/{rep}"
+                        meta["flush"][key] = await flush_cache(session, cfg.url)
+                    timeline.mark(level, rep)
+                    start = time.perf_counter() - t0
+                    recs = await run_level(session, cfg, api, reqs, level, sink,
+                                           f"{cfg.label} c={level}{run}", rep)
+                    meta["levels"].append({"level": level, "repeat": rep, "start": start,
+                                           "end": time.perf_counter() - t0})
+                    timeline.mark(None)
+                    if rep == cfg.repeats - 1:
+                        meta["levels_done"].append(level)
+                    tqdm.write(_level_line(recs, cfg.label, level, run))
             meta["status"] = "complete"
         except asyncio.CancelledError:
             meta["status"] = "interrupted"
             raise
         finally:
+            await timeline.stop()
             if meta["status"] == "running":
                 meta["status"] = "failed"
             meta["finished_unix"] = time.time()
+            meta["timeline"]["samples"] = timeline.samples
             write_meta(cfg, meta)
             sink.close()
     return cfg.out

@@ -10,11 +10,26 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+#: what uvicorn logs when the port is taken (SGLang then hangs instead of exiting)
+ADDRESS_IN_USE = "address already in use"
+
+
+class AddressInUse(RuntimeError):
+    """The server could not bind its port: another process took it."""
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (someone may take it before the server binds)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def healthy(url: str) -> bool:
@@ -52,7 +67,8 @@ def kill_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
 def launched(cmd: list[str], url: str, log: Path, timeout: float = 600.0,
              env: dict | None = None) -> Iterator[subprocess.Popen]:
     """Run ``cmd`` (output to ``log``) until ``GET url/health`` answers 200; yield the
-    process; kill its process group on exit. Raises RuntimeError if it dies or times out."""
+    process; kill its process group on exit. Raises RuntimeError if it dies or times out,
+    :class:`AddressInUse` as soon as its log says its port is taken."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
@@ -64,7 +80,33 @@ def launched(cmd: list[str], url: str, log: Path, timeout: float = 600.0,
                 raise RuntimeError(f"server exited with {proc.returncode}; see {log}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"server not healthy after {timeout:g} s; see {log}")
+            if ADDRESS_IN_USE in log.read_text(errors="replace").lower():
+                raise AddressInUse(f"{url}: port taken before the server bound it; see {log}")
             time.sleep(1.0)
         yield proc
     finally:
         kill_group(proc)
+
+
+@contextlib.contextmanager
+def launched_on_free_port(make_cmd: Callable[[int], list[str]], log: Path, timeout: float = 600.0,
+                          env: dict | None = None, attempts: int = 3,
+                          host: str = "127.0.0.1") -> Iterator[str]:
+    """:func:`launched` on a free port (``make_cmd(port)`` builds the command); yield the
+    URL. A port taken between the check and the server's bind means a new port and a new
+    start, up to ``attempts`` times."""
+    for attempt in range(attempts):
+        port = free_port()
+        url = f"http://{host}:{port}"
+        stack = contextlib.ExitStack()
+        try:
+            stack.enter_context(launched(make_cmd(port), url, log, timeout, env))
+        except AddressInUse:
+            if attempt == attempts - 1:
+                raise
+            print(f"port {port} was taken before the server bound it; starting again on another",
+                  flush=True)
+            continue
+        with stack:
+            yield url
+        return

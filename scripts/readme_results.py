@@ -1,15 +1,27 @@
-"""Copy the latest committed reports into README.md's results section (between markers),
-so the README's numbers are the reports' numbers, never typed in.
+"""Write README.md's generated sections, so the README's numbers are the code's numbers,
+never typed in:
 
-    .venv/bin/python scripts/readme_results.py results/bench-cpu results/capacity-cpu
+* between ``<!-- results:begin -->`` and ``<!-- results:end -->``: the committed reports
+  given as arguments (header bullets and every table);
+* with ``--roofline``, between ``<!-- roofline:begin -->`` and ``<!-- roofline:end -->``:
+  the H100 projection of the paper's test from :mod:`sglang_mixkv.roofline` (a model,
+  with its assumptions).
+
+    .venv/bin/python scripts/readme_results.py results/bench-cpu results/capacity-cpu --roofline
 """
 
+from __future__ import annotations
+
+import argparse
 import re
 import sys
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-README = Path(__file__).resolve().parent.parent / "README.md"
+RL_BEGIN, RL_END = "<!-- roofline:begin -->", "<!-- roofline:end -->"
+PLANS = ["standard", "swa", "ma", "ma-offset", "ma-endslide", "ma-pairs"]
 
 
 def section(run: Path) -> str:
@@ -17,7 +29,8 @@ def section(run: Path) -> str:
     # header bullets (command, commit, versions, hardware, workload) + every table
     lines = text.splitlines()
     out = [f"### `{run}`", ""]
-    out += [ln for ln in lines[1:] if ln.startswith("- ")] + [""]
+    first = next((i for i, ln in enumerate(lines) if ln.startswith("## ")), len(lines))
+    out += [ln for ln in lines[1:first] if ln.startswith("- ")] + [""]
     keep = False
     for ln in lines:
         if ln.startswith("## "):
@@ -31,12 +44,68 @@ def section(run: Path) -> str:
     return "\n".join(out).replace("\n\n\n", "\n\n")
 
 
-def main(runs: list[str]) -> None:
-    body = "\n\n".join(section(Path(r)) for r in runs)
+def roofline_section() -> str:
+    """The paper's test on one H100 SXM, per variant and level, from the roofline module."""
+    sys.path.insert(0, str(ROOT))
+    from sglang_mixkv import roofline as rl
+    from sglang_mixkv.sizes import get_size
+
+    size, wl = get_size("paper"), rl.WORKLOADS["paper"]
+    hw = rl.gpu("H100").achieving(*rl.ACHIEVABLE)
+    df = rl.sweep(size, PLANS, hw, wl)
+    peak = rl.sweep(size, PLANS, rl.gpu("H100"), wl)
+    cell = df.assign(v=[f"{t:,.0f} ({s:.2f}x)" for t, s in zip(df["output_tok_per_s"],
+                                                             df["speedup_vs_standard"])])
+    table = cell.pivot(index="plan", columns="level", values="v").loc[PLANS]
+    table.columns = [f"c={c}" for c in table.columns]
+    bounds = df[df["level"].isin([8, 300])].assign(
+        batch=lambda d: [f"{n} ({lim})" for n, lim in zip(d["running"], d["limited_by"])],
+        prefill=lambda d: [f"{s:.0f} s ({b})" for s, b in zip(d["prefill_s"], d["prefill_bound"])],
+        decode=lambda d: [f"{s:.0f} s ({b})" for s, b in zip(d["decode_s"], d["decode_bound"])],
+        ttft=lambda d: d["ttft_ms"].round(0), tpot=lambda d: d["tpot_ms"].round(1))
+    bounds = bounds[["plan", "level", "batch", "prefill", "decode", "ttft", "tpot"]].rename(columns={
+        "level": "conc", "batch": "decode batch (limit)", "prefill": "prefill phase",
+        "decode": "decode phase", "ttft": "TTFT >= ms", "tpot": "TPOT >= ms"})
+    ratio = peak[peak["plan"] == "ma-offset"].set_index("level")["speedup_vs_standard"]
+    cmd = ("python -m sglang_mixkv.roofline --gpu H100 --flops-fraction "
+           f"{rl.ACHIEVABLE[0]} --bw-fraction {rl.ACHIEVABLE[1]} --plans {','.join(PLANS)}")
+    return "\n".join([
+        f"**A model, not a measurement**: `{cmd}` (generated into this README by "
+        "`scripts/readme_results.py --roofline`). The paper's test: "
+        f"{wl.num_prompts} prompts of {wl.input_len:,} tokens in and {wl.output_len:,} out, all due "
+        "at once, at most `c` in flight; the `paper` model size (24 layers, hidden 2048, GQA "
+        "16:4, head dim 128, bf16, window 1024) on one H100 SXM taken to reach "
+        f"{rl.ACHIEVABLE[0]:.0%} of its peak FLOP/s and {rl.ACHIEVABLE[1]:.0%} of its bandwidth. "
+        "Each variant's KV budget is 80 GiB x 0.85 minus its weights, split between the pools "
+        "as our server splits it, `--max-running-requests 300`, chunks of 8192 tokens. "
+        "Output tokens/s per level, and in brackets the speed-up over `standard`:", "",
+        table.to_markdown(), "",
+        "What bounds each phase (sum over the level's 300 requests; TTFT and TPOT: the floor for "
+        "one prompt's prefill alone and for one decode step of the batch):", "",
+        bounds.to_markdown(index=False), "",
+        "Assumptions:", "", *[f"- {a}" for a in rl.assumptions(hw, rl.Options())], "",
+        "At 100% of the data sheet's peaks (the strict lower bound) `ma-offset` / `standard` is "
+        + ", ".join(f"{r:.2f}x at c={c}" for c, r in ratio.items()) + ".",
+    ])
+
+
+def replace(text: str, begin: str, end: str, body: str) -> str:
+    start, stop = text.index(begin) + len(begin), text.index(end)
+    return text[:start] + "\n" + body + "\n" + text[stop:]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="*", type=Path, help="run folders whose report.md to copy")
+    ap.add_argument("--roofline", action="store_true", help="regenerate the H100 projection")
+    a = ap.parse_args(argv)
     text = README.read_text()
-    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    README.write_text(text[:start] + "\n" + body + "\n" + text[end:])
+    if a.runs:
+        text = replace(text, BEGIN, END, "\n\n".join(section(r) for r in a.runs))
+    if a.roofline:
+        text = replace(text, RL_BEGIN, RL_END, roofline_section())
+    README.write_text(text)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -8,8 +8,14 @@ Speaks enough of SGLang (``/generate`` streaming, ``/flush_cache``, ``/server_in
                                        after --fault-after tokens for drop/stall/error
     --die-after N                      the process exits (os._exit) once N requests have
                                        finished, cutting every stream in flight
-    --token-delay S                    seconds between chunks
+    --token-delay S                    seconds between chunks (chunk k is due k delays after
+                                       the request arrived, so late wake-ups don't accumulate)
+    --first-delay S                    seconds before the first chunk (default: --token-delay),
+                                       so TTFT and the gaps after it can be injected apart
     --tokens-per-chunk K               output tokens per chunk (ITL splitting)
+    --metrics                          serve SGLang-named Prometheus ``/metrics`` (else 404, like
+                                       SGLang without --enable-metrics): running = streams in
+                                       flight, global pool usage = running / --pool-requests
 
 ``cached_tokens`` is ``prompt_len - 1`` for a prompt already seen since the last
 ``/flush_cache``, else 0. Run: ``python tests/harness_stub.py --port 0``; it prints
@@ -35,6 +41,17 @@ class Stub:
         self.received = 0
         self.finished = 0
         self.seen: set[int] = set()
+        self.inflight = 0
+        self.registry = self.gauges = None
+        if a.metrics:
+            from prometheus_client import CollectorRegistry, Counter, Gauge
+
+            self.registry = CollectorRegistry()
+            labels = {"model_name": "stub", "engine_type": "unified"}
+            self.gauges = {n: Gauge(f"sglang:{n}", n, list(labels), registry=self.registry).labels(**labels)
+                           for n in ("num_running_reqs", "num_queue_reqs", "full_token_usage")}
+            self.generated = Counter("sglang:generation_tokens", "tokens", list(labels),
+                                     registry=self.registry).labels(**labels)
         self.model_dir = tempfile.mkdtemp(prefix="harness-stub-")
         (Path(self.model_dir) / "config.json").write_text(json.dumps({"vocab_size": a.vocab}))
 
@@ -58,7 +75,16 @@ class Stub:
         cached = self.cached(ids)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
+        self.inflight += 1
+        try:
+            return await self._chunks(request, resp, ids, max_new, fmt, fault, cached)
+        finally:
+            self.inflight -= 1
+
+    async def _chunks(self, request, resp, ids, max_new, fmt, fault, cached) -> web.StreamResponse:
         n, k = 0, self.a.tokens_per_chunk
+        loop = asyncio.get_running_loop()
+        start, due = loop.time(), 0.0  # chunks keep to a schedule: late sleeps don't add up
         while n < max_new:
             if fault in ("drop", "stall", "error") and n >= self.a.fault_after:
                 if fault == "drop":
@@ -68,9 +94,12 @@ class Stub:
                     await asyncio.sleep(3600)
                 await resp.write(b'data: {"error": {"message": "stub: injected error"}}\n\n')
                 break
-            if self.a.token_delay:
-                await asyncio.sleep(self.a.token_delay)
+            due += self.a.first_delay if n == 0 and self.a.first_delay is not None else self.a.token_delay
+            if due:
+                await asyncio.sleep(max(0.0, start + due - loop.time()))
             prev, n = n, min(n + k, max_new)
+            if self.gauges:
+                self.generated.inc(n - prev)
             ev = fmt(prev, n, len(ids), cached, n == max_new)
             await resp.write(b"data: " + json.dumps(ev).encode() + b"\n\n")
         if fmt == self.openai_chunk and fault != "error":
@@ -114,6 +143,14 @@ class Stub:
         self.seen.clear()
         return web.Response(text="Cache flushed.\n")
 
+    async def metrics(self, request: web.Request) -> web.Response:
+        from prometheus_client import generate_latest
+
+        self.gauges["num_running_reqs"].set(self.inflight)
+        self.gauges["num_queue_reqs"].set(0)
+        self.gauges["full_token_usage"].set(self.inflight / self.a.pool_requests)
+        return web.Response(body=generate_latest(self.registry), content_type="text/plain")
+
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(text="")
 
@@ -135,6 +172,8 @@ class Stub:
         app.router.add_get("/server_info", self.server_info)
         app.router.add_get("/model_info", self.model_info)
         app.router.add_get("/v1/models", self.models)
+        if self.a.metrics:
+            app.router.add_get("/metrics", self.metrics)
         return app
 
 
@@ -147,7 +186,10 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--fault-after", type=int, default=2)
     p.add_argument("--die-after", type=int, default=0)
     p.add_argument("--token-delay", type=float, default=0.0)
+    p.add_argument("--first-delay", type=float, default=None)
     p.add_argument("--tokens-per-chunk", type=int, default=1)
+    p.add_argument("--metrics", action="store_true")
+    p.add_argument("--pool-requests", type=int, default=8)
     p.add_argument("--no-flush", action="store_true")
     return p.parse_args(argv)
 

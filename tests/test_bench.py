@@ -33,7 +33,7 @@ def test_bench_runs_and_an_interrupt_keeps_finished_variants(tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "sglang_mixkv.bench", "--plans", "standard,ma,ma-offset",
            "--num-prompts", "6", "--input-len", "96", "--output-len", "8", "--concurrency", "1,3",
-           "--warmup", "1", "--port", str(port), "--out", str(run)]
+           "--warmup", "1", "--repeats", "1", "--port", str(port), "--out", str(run)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # wait until the second variant's server is up, then stop the bench like Ctrl-C would
     deadline = time.time() + 600
