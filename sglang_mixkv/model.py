@@ -20,6 +20,7 @@ configurator in :mod:`sglang_mixkv.sglang_seams`; the model never touches it.
 
 from __future__ import annotations
 
+import logging
 from typing import Iterable, Optional
 
 import torch
@@ -45,9 +46,36 @@ from sglang.srt.utils import add_prefix
 
 from sglang_mixkv import plan as plans
 from sglang_mixkv.rope import Rope
+from sglang_mixkv.sglang_seams import fast_prefill
+
+logger = logging.getLogger(__name__)
 
 #: K/V of the producers seen so far in one forward pass, by producer layer id.
 ProducerKV = dict[int, tuple[torch.Tensor, torch.Tensor]]
+
+
+class Norm(RMSNorm):
+    """SGLang's RMSNorm; float32 stays on plain torch on CUDA.
+
+    ``RMSNorm.forward_cuda`` (``layers/layernorm.py:405-490``) calls sgl_kernel's
+    ``rmsnorm`` / ``fused_add_rmsnorm``, which dispatch fp16/bf16 only: a float32
+    model (the ``tiny`` size) would die at start-up on a GPU."""
+
+    def forward_cuda(self, x, residual=None, post_residual_addition=None):
+        if x.dtype == torch.float32:
+            return self.forward_native(x, residual, post_residual_addition)
+        return super().forward_cuda(x, residual, post_residual_addition)
+
+
+class Act(SiluAndMul):
+    """SGLang's SiluAndMul; float32 stays on plain torch on CUDA (its ``forward_cuda``,
+    ``layers/activation.py:142-147``, calls sgl_kernel's ``silu_and_mul``, built for
+    half precision)."""
+
+    def forward_cuda(self, x):
+        if x.dtype == torch.float32:
+            return self.forward_native(x)
+        return super().forward_cuda(x)
 
 
 def sglang_window(config) -> int:
@@ -63,7 +91,11 @@ class MixAttention(nn.Module):
         self.layer_id = layer_id
         self.is_producer = layer.source == layer_id
         self.source = layer.source
-        heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+        # On CPU, SGLang pads heads that do not divide the TP size (e.g. MQA at tp 2,
+        # configs/update_config.py:193-250) for its CPU engine's padded weight loading;
+        # keep the checkpoint's heads, and QKVParallelLinear replicates KV heads as on GPU.
+        heads = getattr(config, "original_num_attention_heads", None) or config.num_attention_heads
+        kv_heads = getattr(config, "original_total_num_kv_heads", None) or config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         if heads % tp or (kv_heads % tp and tp % kv_heads):
             raise ValueError(f"{heads} heads / {kv_heads} KV heads cannot split over tp={tp}")
@@ -122,7 +154,7 @@ class MLP(nn.Module):
             config.intermediate_size, config.hidden_size, bias=False,
             quant_config=quant_config, prefix=add_prefix("down_proj", prefix),
         )
-        self.act = SiluAndMul()
+        self.act = Act()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up, _ = self.gate_up_proj(x)
@@ -137,8 +169,8 @@ class DecoderLayer(nn.Module):
         self.self_attn = MixAttention(config, layer_id, layer, rope, quant_config,
                                       add_prefix("self_attn", prefix))
         self.mlp = MLP(config, quant_config, add_prefix("mlp", prefix))
-        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.input_layernorm = Norm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = Norm(config.hidden_size, eps=config.rms_norm_eps)
 
     def forward(self, positions, hidden, forward_batch, residual, kv: ProducerKV):
         if residual is None:
@@ -168,18 +200,65 @@ class MixAttentionModel(nn.Module):
                          add_prefix(f"layers.{i}", prefix))
             for i, layer in enumerate(plan.layers)
         )
-        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.norm = Norm(config.hidden_size, eps=config.rms_norm_eps)
         # SGLang's weight loading and PP code read these.
         self.start_layer, self.end_layer = 0, len(self.layers)
 
+        # Layers from here on own no KV (None: the last layer is a producer, or fast
+        # prefill is off): see forward_tail_rows.
+        last_producer = max(plan.producers)
+        self.tail_start = (last_producer + 1 if last_producer + 1 < len(plan) and
+                           fast_prefill.enabled() else None)
+
     def forward(self, input_ids, positions, forward_batch, input_embeds=None):
+        """Every layer on every row; the final-norm hidden states [tokens, hidden]."""
         hidden = self.embed_tokens(input_ids) if input_embeds is None else input_embeds
-        residual = None
         kv: ProducerKV = {}  # lives for this forward pass only
-        for layer in self.layers:
-            hidden, residual = layer(positions, hidden, forward_batch, residual, kv)
+        hidden, residual = self._run(self.layers, positions, hidden, None, forward_batch, kv)
         hidden, _ = self.norm(hidden, residual)
         return hidden
+
+    def forward_tail_rows(self, input_ids, positions, forward_batch,
+                          rows: fast_prefill.TailRows, input_embeds=None):
+        """Fast prefill: layers up to the last producer on every row, the consumer-only
+        tail on ``rows`` only (the rows the logits processor reads). Exact: a tail layer
+        writes no KV, so its outputs at other rows feed nothing.
+
+        The tail attends with a narrowed copy of the batch (``rows`` as the extend, the
+        rest as cached prefix, written by the producers above) and the producers' K/V of
+        those rows. The attention backend's metadata is planned for that copy and
+        re-planned for ``forward_batch`` afterwards (backends keep it in buffers they
+        reuse). Returns [tokens, hidden] with the final norm applied at ``rows`` and
+        zeros elsewhere."""
+        from sglang.srt.model_executor.forward_context import get_attn_backend
+
+        hidden = self.embed_tokens(input_ids) if input_embeds is None else input_embeds
+        kv: ProducerKV = {}
+        t = self.tail_start
+        hidden, residual = self._run(self.layers[:t], positions, hidden, None, forward_batch, kv)
+        idx = rows.index
+        out = hidden.new_zeros(hidden.shape)
+        if len(idx):  # else every request is in a middle chunk: nothing is read
+            view = fast_prefill.narrowed(forward_batch, rows)
+            kv_rows = {src: (k[idx], v[idx]) for src, (k, v) in kv.items()}
+            backend = get_attn_backend()
+            backend.init_forward_metadata(view)
+            try:
+                h, r = self._run(self.layers[t:], view.positions, hidden[idx], residual[idx],
+                                 view, kv_rows)
+            finally:
+                backend.init_forward_metadata(forward_batch)
+            out[idx], _ = self.norm(h, r)
+        if fast_prefill.LOG:
+            logger.info("mixkv fast prefill: tail layers %d-%d ran on %d of %d rows", t,
+                        len(self.layers) - 1, len(idx), hidden.shape[0])
+        return out
+
+    @staticmethod
+    def _run(layers, positions, hidden, residual, forward_batch, kv: ProducerKV):
+        for layer in layers:
+            hidden, residual = layer(positions, hidden, forward_batch, residual, kv)
+        return hidden, residual
 
 
 class MixAttentionForCausalLM(nn.Module):
@@ -217,7 +296,14 @@ class MixAttentionForCausalLM(nn.Module):
     @torch.no_grad()
     def forward(self, input_ids, positions, forward_batch: ForwardBatch,
                 input_embeds=None, get_embedding: bool = False, **_):
-        hidden = self.model(input_ids, positions, forward_batch, input_embeds)
+        rows = None
+        if self.model.tail_start is not None and not get_embedding:
+            rows = fast_prefill.tail_rows(forward_batch)
+        if rows is None:
+            hidden = self.model(input_ids, positions, forward_batch, input_embeds)
+        else:
+            hidden = self.model.forward_tail_rows(input_ids, positions, forward_batch, rows,
+                                                  input_embeds)
         return self.logits_processor(input_ids, hidden, self.lm_head, forward_batch)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -9,6 +9,7 @@ been evicted from the windowed pool)."""
 from __future__ import annotations
 
 import random
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -28,7 +29,8 @@ MAX_RUNNING, CHUNK = 8, 128
 # float32 on both sides; the server sums attention in a different order (chunks,
 # windowed gathers), so allow ~100x the 1e-5 noise we observe.
 LOGPROB_TOL = 2e-3
-PLANS = list(PRESET_NAMES) + ["LlLlLlLlLlLl"]  # + all-local
+# + all-local, + a consumer-only tail that mixes local and global consumers (layers 8-11)
+PLANS = list(PRESET_NAMES) + ["LlLlLlLlLlLl", "GLlLlLlLlglg"]
 
 
 @pytest.fixture(scope="module", params=PLANS)
@@ -39,7 +41,7 @@ def served(request, tmp_path_factory):
     server = start_server(
         ["--model-path", str(model_dir), "--kv-budget", str(BUDGET),
          "--max-running-requests", str(MAX_RUNNING), "--chunked-prefill-size", str(CHUNK)],
-        log=model_dir / "server.log",
+        log=model_dir / "server.log", env={"MIXKV_FAST_PREFILL_LOG": "1"},
     )
     yield spec, server, Reference(model_dir)
     server.stop()
@@ -91,19 +93,15 @@ def test_chunked_prefill(served):
 
 
 def test_radix_cache_hit(served):
-    spec, server, ref = served
-    all_local = not resolve(spec, SIZE.num_layers).global_producers
+    _, server, ref = served
     server.post("/flush_cache", {})
     first = prompt(13, 150)
     check(server.generate(first, 4), ref, first, 4)
     second = first + prompt(14, 45)
     # Prompt logprobs from position 0 would force a recompute; ask for the last one only.
     out = server.generate(second, 8, logprob_start_len=len(second) - 1)
-    if all_local:  # served with --disable-radix-cache, see sglang_seams
-        assert out["meta_info"]["cached_tokens"] == 0
-    else:
-        assert out["meta_info"]["cached_tokens"] >= len(first) - SIZE.window, \
-            "same prefix twice should hit the radix cache"
+    assert out["meta_info"]["cached_tokens"] >= len(first) - SIZE.window, \
+        "same prefix twice should hit the radix cache (all-local plans too)"
     check(out, ref, second, 8, prompt_logprobs=False)
 
 
@@ -136,3 +134,87 @@ def test_pool_matches_capacity_model(served):
     pt = cap.bytes_per_token(plan, dims)
     expected = split.global_bytes + split.local_bytes + pt.global_bytes + pt.local_bytes
     assert abs(usage["kvcache"] * 2**30 - expected) <= 0.0005 * 2**30 + 1024
+
+
+# ---- fast prefill ------------------------------------------------------------------------
+# The checks above ask for every prompt logprob, which reads every row: the full path.
+# These ask for none (logprob_start_len=-1), which puts a prefill on the fast path: the
+# consumer-only tail runs on the rows whose logits are read. The server logs every
+# fast-path forward (MIXKV_FAST_PREFILL_LOG=1): that proves it ran, and on how many rows.
+FAST = re.compile(r"mixkv fast prefill: tail layers (\d+)-(\d+) ran on (\d+) of (\d+) rows")
+
+
+def fast_lines(server, since: int) -> list[tuple[int, int]]:
+    """(rows the tail computed, rows in the batch) of each fast-path forward logged after
+    character ``since`` of the server log."""
+    return [(int(m[2]), int(m[3])) for m in FAST.findall(server.log_text()[since:])]
+
+
+def chunks(n: int) -> list[int]:
+    return [CHUNK] * ((n - 1) // CHUNK) + [n - CHUNK * ((n - 1) // CHUNK)]
+
+
+@pytest.fixture
+def tailed(served):
+    """Plans whose last layers are consumers only (others have nothing to skip)."""
+    spec, server, ref = served
+    if max(resolve(spec, SIZE.num_layers).producers) == SIZE.num_layers - 1:
+        pytest.skip(f"{spec} ends with a producer: no tail to skip")
+    return served
+
+
+def test_fast_prefill_is_exact(tailed):
+    spec, server, ref = tailed
+    for n, m in ((7, 6), (3 * CHUNK + 17, 2 * SIZE.window + 3)):
+        ids = prompt(50 + n, n)
+        mark = len(server.log_text())
+        check(server.generate(ids, m, logprob_start_len=-1), ref, ids, m, prompt_logprobs=False)
+        # output logprobs asked: one row per chunk, the one it samples from
+        assert fast_lines(server, mark)[:len(chunks(n))] == [(1, c) for c in chunks(n)], \
+            "the prefill did not take the fast path"
+    tail = max(resolve(spec, SIZE.num_layers).producers) + 1
+    assert f"tail layers {tail}-{SIZE.num_layers - 1} ran" in server.log_text()
+
+
+def test_fast_prefill_skips_the_tail_for_middle_chunks(tailed):
+    """No logprobs at all: a middle chunk's sample is thrown away, so the tail runs on no
+    row of it, and on one row of the last chunk."""
+    _, server, ref = tailed
+    ids = prompt(60, 3 * CHUNK + 17)
+    mark = len(server.log_text())
+    r = server.post("/generate", {"input_ids": ids, "sampling_params": {
+        "max_new_tokens": 6, "temperature": 0, "ignore_eos": True}})
+    r.raise_for_status()
+    assert r.json()["output_ids"] == ref.generate(ids, 6).tokens
+    assert fast_lines(server, mark)[:4] == [(0, c) for c in chunks(len(ids))[:-1]] + [(1, 17)]
+
+
+def test_fast_prefill_keeps_prompt_logprobs_exact(tailed):
+    """The last five prompt logprobs: the tail runs on those five rows only. (All of
+    them: every row, the full path; the checks above cover it.)"""
+    _, server, ref = tailed
+    server.post("/flush_cache", {})  # a cached prompt would shorten the extend
+    ids = prompt(61, CHUNK + 40)
+    mark = len(server.log_text())
+    out = server.generate(ids, 4, logprob_start_len=len(ids) - 5)
+    have = [t[0] for t in out["meta_info"]["input_token_logprobs"]]
+    want = ref.prompt_logprobs(ids)[-4:]  # the first of the five has no logprob
+    assert max(abs(a - b) for a, b in zip(have[1:], want)) < LOGPROB_TOL
+    assert (5, 40) in fast_lines(server, mark)
+
+
+def test_fast_prefill_radix_hit_and_concurrent_requests(tailed):
+    _, server, ref = tailed
+    server.post("/flush_cache", {})
+    first = prompt(62, 150)
+    check(server.generate(first, 3, logprob_start_len=-1), ref, first, 3, prompt_logprobs=False)
+    second = first + prompt(63, 45)
+    mark = len(server.log_text())
+    out = server.generate(second, 5, logprob_start_len=-1)
+    assert out["meta_info"]["cached_tokens"] > 0 and fast_lines(server, mark)
+    check(out, ref, second, 5, prompt_logprobs=False)
+    cases = [(prompt(70 + i, n), m) for i, (n, m) in enumerate([(5, 12), (40, 7), (300, 4)])]
+    with ThreadPoolExecutor(len(cases)) as pool:
+        outs = list(pool.map(lambda c: server.generate(*c, logprob_start_len=-1), cases))
+    for (ids, m), out in zip(cases, outs):
+        check(out, ref, ids, m, prompt_logprobs=False)

@@ -9,12 +9,22 @@ per seam:
   plain-torch path (stock 0.5.17 imports ``vllm._custom_ops`` there);
 - :mod:`.pools`: sizes the KV pools of MixAttention models - buffers for producer layers
   only, a window-bounded local pool, the rest to the global pool;
+- :mod:`.radix`: the SWA radix cache releases a request's cached local KV as it leaves
+  the request's window, so a running request pins one window;
 - :mod:`.torch_native`: the ``torch_native`` backend, reading SWA layers through the
   full->SWA index map and gathering only the window;
 - :mod:`.triton`: the ``triton`` backend (the GPU default), decode over W keys like
-  extend, and no window lists for plans without local layers.
+  extend, and no window lists for plans without local layers;
+- :mod:`.fast_prefill`: which rows of an extend batch the consumer-only tail must
+  compute, the narrowed batch it attends with, and which chunks are a request's last;
+- :mod:`.validation`: token ids and vocabulary-sized options outside the vocabulary get
+  a 400 before anything reaches the scheduler (stock 0.5.17 lets them kill the server);
+- :mod:`.crash_fixes`: valid requests that stopped stock 0.5.17's scheduler (grammars on
+  CPU, ``token_ids_logprob`` beside requests without it, all-masked logit rows).
 
-Everything except the model and the pools is a no-op or a bug fix for other models.
+The model, pools, radix cache, triton window and fast prefill act on MixAttention models
+only; validation, the crash fixes and the torch_native/rotary fixes apply to any model
+served with this plugin installed.
 """
 
 from __future__ import annotations
@@ -45,13 +55,17 @@ def register() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     from sglang_mixkv.model import MixAttentionForCausalLM
-    from sglang_mixkv.sglang_seams import pools
+    from sglang_mixkv.sglang_seams import crash_fixes, fast_prefill, pools, radix, validation
 
     ModelRegistry.models[ARCHITECTURE] = MixAttentionForCausalLM
     ATTENTION_BACKENDS["torch_native"] = _torch_native
     ATTENTION_BACKENDS["triton"] = _triton
     HookRegistry.register(pools.POOL_CONFIGURATOR, pools.choose_pool_configurator,
                           HookType.AROUND)
+    radix.register(HookRegistry)
+    HookRegistry.register(fast_prefill.INIT_NEW, fast_prefill.mark_last_chunks, HookType.AFTER)
+    validation.register(HookRegistry)
+    crash_fixes.register(HookRegistry)
     if not torch.cuda.is_available():
         import sglang.srt.layers.rotary_embedding.base as rope_base
 
