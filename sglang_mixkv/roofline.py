@@ -211,7 +211,6 @@ class Serving:
     eviction_interval: int
     page: int = 1
     chunks_in_flight: int = 2
-    radix_cache: bool = True
 
 
 @dataclass(frozen=True)
@@ -238,8 +237,7 @@ def serving_for(size: ModelSize, plan: plans.Plan, hw: Hardware, *, mem_fraction
     return Serving(kv_budget=kv_budget,
                    max_running=max_running or int(d["--max-running-requests"]),
                    chunk=chunk or int(d["--chunked-prefill-size"]),
-                   eviction_interval=eviction_interval(size.window),
-                   radix_cache=not (plan.local_producers and not plan.global_producers))
+                   eviction_interval=eviction_interval(size.window))
 
 
 # ---- costs ---------------------------------------------------------------------------
@@ -379,20 +377,15 @@ def decode_step_cost(size: ModelSize, plan: plans.Plan, batch: int, spans: list[
 
 
 def pool_admitted(size: ModelSize, plan: plans.Plan, serving: Serving, tokens: int) -> int:
-    """Requests of ``tokens`` tokens the server's pools hold at once, from the split our
-    pool configurator gives SGLang (:func:`capacity.pool_split`): the global pool's
-    share, and for plans with both kinds at most the running requests the local pool is
-    sized for; an all-local plan holds what its one pool fits at one window each."""
-    split = cap.pool_split(serving.kv_budget, plan, cap.KVDims.of(size), window=size.window,
-                           max_running=serving.max_running, chunk=serving.chunk,
-                           page=serving.page, eviction_interval=serving.eviction_interval,
-                           chunks_in_flight=serving.chunks_in_flight,
-                           radix_cache=serving.radix_cache)
-    if plan.global_producers:
-        n = split.global_tokens // tokens
-        return min(n, serving.max_running) if plan.local_producers else n
-    per_request = min(tokens, size.window + serving.eviction_interval + 2 * serving.page)
-    return split.local_tokens // per_request
+    """Requests of ``tokens`` tokens the server's pools hold at once: the split our pool
+    configurator gives SGLang (:func:`capacity.pool_split`) and what it holds
+    (:func:`capacity.pool_max_requests`), at most the running-request cap."""
+    sizing = dict(window=size.window, chunk=serving.chunk, page=serving.page,
+                  eviction_interval=serving.eviction_interval,
+                  chunks_in_flight=serving.chunks_in_flight)
+    split = cap.pool_split(serving.kv_budget, plan, cap.KVDims.of(size),
+                           max_running=serving.max_running, **sizing)
+    return min(cap.pool_max_requests(split, plan, tokens, **sizing), serving.max_running)
 
 
 # ---- one level -----------------------------------------------------------------------
