@@ -275,6 +275,27 @@ def redact_argv(argv: list[str]) -> list[str]:
     return out
 
 
+#: ``/server_info`` fields that hold secrets (SGLang returns its whole ServerArgs,
+#: ``entrypoints/http_server.py:781-797``).
+SECRET_FIELDS = ("api_key", "admin_api_key")
+
+
+def redact_server_info(info):
+    """``/server_info`` as written to results files: secret fields replaced by ``***``
+    (nested dicts too; anything else unchanged)."""
+    if isinstance(info, dict):
+        return {k: ("***" if k in SECRET_FIELDS and v else redact_server_info(v))
+                for k, v in info.items()}
+    if isinstance(info, list):
+        return [redact_server_info(v) for v in info]
+    return info
+
+
+def redact_text(text: str, secret: str | None) -> str:
+    """``text`` with every occurrence of ``secret`` replaced by ``***``."""
+    return text.replace(secret, "***") if secret else text
+
+
 def make_session(concurrency: int, api_key: str | None = None) -> aiohttp.ClientSession:
     """A session with no connection cap below ``concurrency`` and no global timeout
     (per-request timeouts are applied by :func:`send`); every request carries

@@ -236,7 +236,8 @@ async def run(cfg: RunConfig, argv: list[str] | None = None) -> Path:
         model_info = await get_json(session, cfg.url, "/model_info")
         for name, obj in (("server_info", server_info), ("model_info", model_info)):
             if obj is not None:
-                (cfg.out / f"{name}.json").write_text(json.dumps(obj, indent=2, default=str))
+                (cfg.out / f"{name}.json").write_text(
+                    json.dumps(client.redact_server_info(obj), indent=2, default=str))
         if cfg.id_range is None:
             vocab = cfg.vocab_size or await discover_vocab(session, cfg.url)
             if vocab is None:

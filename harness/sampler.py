@@ -224,8 +224,11 @@ def what_bounded(row: dict, level: int, prompts: int, max_running: int | None) -
         return "no sample: the level was shorter than the sampling interval"
     if peak is None or (isinstance(peak, float) and math.isnan(peak)):
         return "no server timeline"
-    peak, queued = int(peak), row.get("peak_queued") or 0
-    retr = row.get("retractions") or 0
+    def number(key: str) -> float:  # 0 for a missing gauge (None or NaN)
+        v = row.get(key)
+        return 0 if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+    peak, queued, retr = int(peak), number("peak_queued"), number("retractions")
     usage = {"global": row.get("peak_global_usage"), "local": row.get("peak_local_usage")}
     # full: no room for one more request of the running ones' average size, or FULL
     limit = min(FULL, peak / (peak + 1)) if peak > 0 else FULL

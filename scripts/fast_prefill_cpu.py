@@ -97,6 +97,7 @@ def report(a: argparse.Namespace) -> str:
         "run on one row of the last chunk instead of every row: the rest of the forward, the "
         "LM head and the HTTP path are unchanged, so the speed-up is below the tail's share "
         "of the layers.", "",
+        "## TTFT and prefill throughput, fast prefill on and off", "",
         table.to_markdown(), "",
     ])
 

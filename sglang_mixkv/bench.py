@@ -35,7 +35,7 @@ from typing import Iterator
 
 import requests
 
-from harness.client import API_KEY_ENV, auth_headers, redact_argv
+from harness.client import API_KEY_ENV, auth_headers, redact_argv, redact_server_info, redact_text
 from harness.server import launched, launched_on_free_port
 from sglang_mixkv import capacity as cap
 from sglang_mixkv import plan as plans
@@ -121,7 +121,7 @@ def server_command(plan: str, st: Settings, extra: list[str] = ()) -> tuple[list
 def save_server_info(url: str, out: Path) -> dict:
     info = requests.get(url + "/server_info", headers=auth_headers(os.environ.get(API_KEY_ENV)),
                         timeout=30).json()
-    out.write_text(json.dumps(info, indent=1, default=str) + "\n")
+    out.write_text(json.dumps(redact_server_info(info), indent=1, default=str) + "\n")
     return info
 
 
@@ -130,14 +130,19 @@ def served(plan: str, st: Settings, log: Path) -> Iterator[str]:
     """Our server for ``plan`` while the block runs; yields its URL. ``st.port`` 0: a free
     port, and a new one (and a new start) if another process takes it before the server
     binds it (SGLang would hang until the health timeout)."""
-    if st.port:
-        cmd, url = server_command(plan, st)
-        with launched(cmd, url, log, timeout=SERVER_START_S):
+    try:
+        if st.port:
+            cmd, url = server_command(plan, st)
+            with launched(cmd, url, log, timeout=SERVER_START_S):
+                yield url
+            return
+        with launched_on_free_port(lambda port: server_command(plan, replace(st, port=port))[0],
+                                   log, timeout=SERVER_START_S) as url:
             yield url
-        return
-    with launched_on_free_port(lambda port: server_command(plan, replace(st, port=port))[0],
-                               log, timeout=SERVER_START_S) as url:
-        yield url
+    finally:  # SGLang logs its arguments, an API key among them: keep it out of results
+        key = os.environ.get(API_KEY_ENV)
+        if key and log.exists():
+            log.write_text(redact_text(log.read_text(errors="replace"), key))
 
 
 @contextlib.contextmanager
@@ -661,8 +666,9 @@ def main(argv: list[str] | None = None) -> int:
             vdir = run / plan
             try:
                 (run_probe if a.capacity_only else run_sweep)(plan, st, vdir)
-            except (RuntimeError, TimeoutError, ValueError, subprocess.CalledProcessError) as e:
-                print(f"[{kind}] {plan} failed: {e}", file=sys.stderr, flush=True)
+            except Exception as e:  # noqa: BLE001 - any failure: keep the other variants
+                print(f"[{kind}] {plan} failed: {type(e).__name__}: {e}", file=sys.stderr,
+                      flush=True)
                 code = 1
     except KeyboardInterrupt:
         print(f"[{kind}] interrupted; finished variants are kept in {run}", file=sys.stderr)

@@ -116,13 +116,10 @@ def local_per_request(window: int, page: int = 1, eviction_interval: int = 128,
 
 
 def local_pool_cap(window: int, max_running: int, chunk: int, page: int = 1,
-                   eviction_interval: int = 128, chunks_in_flight: int = 2,
-                   radix_cache: bool = True) -> int:
+                   eviction_interval: int = 128, chunks_in_flight: int = 2) -> int:
     """Token slots the local pool needs so ``max_running`` requests never run short:
     :func:`local_per_request` each, plus the prefill chunks in flight (two with the
-    overlap scheduler) and a page. ``radix_cache`` no longer changes the size (one
-    window either way); it is accepted for callers that pass it."""
-    del radix_cache
+    overlap scheduler) and a page: one window each with the radix cache on or off."""
     cap = (local_per_request(window, page, eviction_interval) * max_running
            + chunks_in_flight * chunk + page)
     return -(-cap // page) * page
@@ -130,7 +127,7 @@ def local_pool_cap(window: int, max_running: int, chunk: int, page: int = 1,
 
 def pool_split(budget: int, plan: plans.Plan, dims: KVDims, *, window: int, max_running: int,
                chunk: int, page: int = 1, eviction_interval: int = 128,
-               chunks_in_flight: int = 2, radix_cache: bool = True) -> PoolSplit:
+               chunks_in_flight: int = 2) -> PoolSplit:
     """Split a KV byte budget between the global and local pools.
 
     The local pool is bounded by the window (``local_pool_cap``); the rest of the
@@ -146,8 +143,7 @@ def pool_split(budget: int, plan: plans.Plan, dims: KVDims, *, window: int, max_
     if pt.global_bytes == 0:
         s = budget // pt.local_bytes // page * page
         return PoolSplit(0, s, 0, s * pt.local_bytes)
-    s = local_pool_cap(window, max_running, chunk, page, eviction_interval, chunks_in_flight,
-                       radix_cache)
+    s = local_pool_cap(window, max_running, chunk, page, eviction_interval, chunks_in_flight)
     g = (budget - s * pt.local_bytes) // pt.global_bytes // page * page
     if g <= 0:
         raise ValueError(

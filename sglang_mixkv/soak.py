@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import shlex
 import sys
@@ -39,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from harness.client import API_KEY_ENV, redact_argv
 
 KINDS = ("valid", "invalid", "aborted", "fuzz")
 #: Share of each kind in a soak run.
@@ -479,13 +482,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="soak: the mix above; fuzz: random bodies only")
     ap.add_argument("--vocab", type=int, default=512, help="the server's vocabulary (tiny: 512)")
     ap.add_argument("--context", type=int, default=4096, help="the server's context length")
-    ap.add_argument("--api-key", default=None, help="bearer key for a server started with one")
+    ap.add_argument("--api-key", default=os.environ.get(API_KEY_ENV) or None,
+                    help=f"bearer key for a server started with one (default: ${API_KEY_ENV})")
     ap.add_argument("--out", type=Path, help="write report.md and soak.json here")
     a = ap.parse_args(argv)
 
     from harness.sysinfo import collect
 
-    cmd_line = ["python", "-m", "sglang_mixkv.soak", *(sys.argv[1:] if argv is None else argv)]
+    cmd_line = ["python", "-m", "sglang_mixkv.soak",
+                *redact_argv(sys.argv[1:] if argv is None else argv)]
     meta = collect(cmd_line)
     meta["command"] = shlex.join(cmd_line)
     cases = make_cases(a.requests, a.seed, a.vocab, a.context, a.kind)

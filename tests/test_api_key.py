@@ -106,3 +106,18 @@ def test_make_passes_the_key_in_the_environment_not_the_command_line():
     echoed = [ln for ln in r.stdout.splitlines() if "sglang_mixkv.bench" in ln]
     assert echoed and all(KEY not in ln for ln in echoed)
     assert f"MIXKV_API_KEY := {KEY}" in r.stdout
+
+
+def test_results_files_never_carry_the_key():
+    """SGLang's /server_info returns its whole ServerArgs, the key among them, and its
+    log prints them: both are redacted before they reach a run folder."""
+    from harness.client import redact_argv, redact_server_info, redact_text
+
+    info = {"api_key": "s3cret", "admin_api_key": None, "port": 1,
+            "internal_states": [{"api_key": "s3cret"}]}
+    assert "s3cret" not in json.dumps(redact_server_info(info))
+    assert redact_server_info(info)["admin_api_key"] is None and redact_server_info(info)["port"] == 1
+    assert redact_text("server_args=ServerArgs(api_key='s3cret')", "s3cret") == \
+        "server_args=ServerArgs(api_key='***')"
+    assert redact_argv(["--api-key", "s3cret", "--api-key=s3cret"]) == \
+        ["--api-key", "***", "--api-key=***"]

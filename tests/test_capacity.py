@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -54,9 +55,6 @@ def test_pool_split_window_bounded_and_rest_global():
     p, d = preset("ma", 12), cap.KVDims(2, 32, 4)
     split = cap.pool_split(8 << 20, p, d, window=32, max_running=4, chunk=64, eviction_interval=4)
     per_request = 32 + 4 + 2  # one window, with the radix cache on too (sglang_seams.radix)
-    no_radix = cap.pool_split(8 << 20, p, d, window=32, max_running=4, chunk=64,
-                              eviction_interval=4, radix_cache=False)
-    assert no_radix == split
     assert split.local_tokens == per_request * 4 + 2 * 64 + 1
     pt = cap.bytes_per_token(p, d)
     assert split.local_bytes == split.local_tokens * pt.local_bytes
@@ -192,3 +190,22 @@ def test_cli_budget_below_the_weights_is_a_clear_error():
     r = _cli("--plans", "ma", "--model", "paper", "--gpu-mem", "1GiB")
     assert r.returncode == 2 and not r.stdout
     assert "cannot hold" in r.stderr and "weights" in r.stderr
+
+
+def test_readme_capacity_figures_are_the_modules():
+    """The figures the README quotes for the paper size on an 80 GiB GPU come from
+    ``capacity_rows``: if the formula or the pool split changes, this fails until the
+    README says what the code computes."""
+    from sglang_mixkv.sizes import get_size
+
+    rows = {r["plan"]: r for r in cap.capacity_rows(["standard", "ma", "yoco"], get_size("paper"),
+                                                    80 << 30, 0.85)}
+    text = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
+    s, m, y = rows["standard"], rows["ma"], rows["yoco"]
+    assert (f"`standard` holds {s['max_concurrent_31k']} at once "
+            f"({s['max_tokens'] / 1e6:.2f}M tokens), "
+            f"`ma` {m['max_concurrent_31k']} ({m['max_tokens'] / 1e6:.1f}M tokens)"
+            ) in text
+    assert (f"(`ma` {m['pool_max_requests']} of {m['max_concurrent_31k']}, "
+            f"`yoco` {y['pool_max_requests']} of {y['max_concurrent_31k']})") in text
+    assert f"about {m['kv_budget_bytes'] / 2**30:.1f} GiB" in text

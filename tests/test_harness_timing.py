@@ -6,10 +6,11 @@ Requests run one at a time, so nothing but the machine's jitter sits between inj
 and measurement. Tolerances: no token may be seen before the stub sent it, so each
 token's arrival (TTFT plus the gaps before it) is at least what was injected (less 1 ms
 of clock granularity) -- a single gap may look shorter when the chunk before it was read
-late; medians may exceed the injected values by at most 5 ms (ITL, TTFT) or 10 ms (E2E) --
-the loopback round trip plus scheduling on a loaded 2-core box, small against the
-injected 60-250 ms; single values, delayed when the client or the stub loses its core to
-other work on the machine (seen: 77 ms at a load average of 5 on 2 cores), by 250 ms.
+late; medians may exceed the injected values by at most 10 ms (ITL, TTFT) or 20 ms (E2E)
+-- the loopback round trip plus scheduling on a 2-core box that `make test` shares with
+a real server in its other worker, small against the injected 60-250 ms; single values,
+delayed when the client or the stub loses its core to other work on the machine (seen:
+77 ms at a load average of 5 on 2 cores), by 250 ms.
 """
 
 import numpy as np
@@ -20,7 +21,7 @@ from harness import metrics
 from tests.harness_fixtures import records, run_inproc, stub
 
 FIRST, GAP = 0.25, 0.06
-SLACK, MEDIAN_SLACK, STRAGGLER = 0.001, 0.005, 0.25
+SLACK, MEDIAN_SLACK, STRAGGLER = 0.001, 0.010, 0.25
 
 
 def _run(tmp_path, tokens_per_chunk: int, output_len: int = 5):

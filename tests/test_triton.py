@@ -80,18 +80,15 @@ def test_chunked_prefill(served):
 
 
 def test_radix_cache_hit(served):
-    spec, server, ref = served
-    all_local = not resolve(spec, SIZE.num_layers).global_producers
+    _, server, ref = served
     server.post("/flush_cache", {})
     first = prompt(13, 50)
     check(server.generate(first, 3), ref, first, 3)
     second = first + prompt(14, 13)
     out = server.generate(second, 5, logprob_start_len=len(second) - 1)
-    cached = out["meta_info"]["cached_tokens"]
-    if server.get("/server_info").json()["disable_radix_cache"]:
-        assert all_local and cached == 0
-    else:
-        assert cached >= len(first) - WINDOW, "same prefix twice should hit the radix cache"
+    assert not server.get("/server_info").json()["disable_radix_cache"]  # all-local plans too
+    assert out["meta_info"]["cached_tokens"] >= len(first) - WINDOW, \
+        "same prefix twice should hit the radix cache"
     check(out, ref, second, 5, prompt_logprobs=False)
 
 

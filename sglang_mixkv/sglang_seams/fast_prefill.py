@@ -50,7 +50,7 @@ def enabled() -> bool:
 
 #: The request ids of the batch ``ForwardBatch.init_new`` built last, and per request
 #: whether this chunk is its last. A ForwardBatch cannot carry it: runners copy it with
-#: ``dataclasses.replace`` (``runner/eager_runner.py:174-193``), which drops attributes
+#: ``dataclasses.replace`` (``model_executor/runner/eager_runner.py:174-193``), which drops attributes
 #: that are not fields. SGLang builds a batch and runs its forward back to back in one
 #: thread (``managers/tp_worker.py:573-585``); :func:`tail_rows` checks the ids anyway.
 _last_batch: tuple[tuple[str, ...], tuple[bool, ...]] = ((), ())
