@@ -36,8 +36,10 @@ def section(run: Path) -> str:
         if ln.startswith("## "):
             keep = True
             out += ["#" + ln, ""]
-        elif keep and (ln.startswith("|") or ln.startswith("Requests of") or ln.startswith("Not measured")):
+        elif keep and ln.startswith("|"):
             out.append(ln)
+        elif keep and ln.startswith(("Requests of", "Not measured", "TTFT p50")):
+            out += [ln, ""]  # the paragraph that defines a table's columns
         elif keep and ln.startswith("!["):
             alt, target = re.match(r"!\[(.*)\]\((.*)\)", ln).groups()
             out += ["", f"![{alt}]({run}/{target})", ""]
