@@ -55,24 +55,25 @@ METRICS: dict[str, tuple[str, str]] = {
     "cache_hit_rate": ("sglang:cache_hit_rate", "max"),
     "gen_throughput": ("sglang:gen_throughput", "sum"),
 }
-_NAMES = {name: (col, how) for col, (name, how) in METRICS.items()}
 #: a pool this full (share of its tokens in use) counts as the limit; so does one too full
 #: for another request of the running ones' average size (``peak / (peak + 1)``)
 FULL = 0.85
 
 
-def parse(text: str) -> dict[str, float]:
-    """The :data:`METRICS` columns found in a Prometheus text exposition (others absent)."""
+def parse(text: str, metrics: dict[str, tuple[str, str]] = METRICS) -> dict[str, float]:
+    """The ``metrics`` columns (default :data:`METRICS`; same form) found in a Prometheus
+    text exposition, label sets combined as each says; columns not found are absent."""
     from prometheus_client.parser import text_string_to_metric_families
 
+    names = {name: (col, how) for col, (name, how) in metrics.items()}
     wanted = "\n".join(ln for ln in text.splitlines()
-                       if ln.startswith("# ") or ln.split("{", 1)[0].split(" ", 1)[0] in _NAMES)
+                       if ln.startswith("# ") or ln.split("{", 1)[0].split(" ", 1)[0] in names)
     out: dict[str, float] = {}
     for fam in text_string_to_metric_families(wanted):
         for s in fam.samples:
-            if s.name not in _NAMES or math.isnan(s.value):
+            if s.name not in names or math.isnan(s.value):
                 continue
-            col, how = _NAMES[s.name]
+            col, how = names[s.name]
             out[col] = s.value if col not in out else (
                 out[col] + s.value if how == "sum" else max(out[col], s.value))
     return out

@@ -52,8 +52,7 @@ def rows(a: argparse.Namespace) -> pd.DataFrame:
     size = get_size(a.size)
     out = []
     for plan in a.plans:
-        p = resolve(plan, size.num_layers)
-        tail = len(p) - 1 - max(p.producers)
+        tail = len(resolve(plan, size.num_layers).tail)
         for mode in MODES:
             runs = [pd.read_csv(f) for f in sorted((a.out / plan).glob(f"{mode}-*/summary.csv"))]
             if not runs:

@@ -32,6 +32,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
+from unittest import mock
 
 import requests
 
@@ -145,21 +146,6 @@ def served(plan: str, st: Settings, log: Path) -> Iterator[str]:
             log.write_text(redact_text(log.read_text(errors="replace"), key))
 
 
-@contextlib.contextmanager
-def environ(name: str, value: str) -> Iterator[None]:
-    """``os.environ[name] = value`` while the block runs (servers started in it inherit
-    it), then the previous value back."""
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = old
-
-
 # ---- per variant ---------------------------------------------------------------------
 def run_sweep(plan: str, st: Settings, vdir: Path) -> None:
     with served(plan, st, vdir / "server.log") as url:
@@ -201,7 +187,9 @@ def run_probe(plan: str, st: Settings, vdir: Path) -> None:
     n_formula = cap.max_concurrent(budget, p, cap.KVDims.of(size), size.window, tokens)
     pool_requests = st.max_running or max(1, n_formula)
     n_cap = 2 * max(pool_requests, n_formula) + 8  # above what the pools can hold
-    with environ(POOL_REQUESTS_ENV, str(pool_requests)), served(plan, replace(st, max_running=n_cap), vdir / "probe-server.log") as url:
+    # the server started in the block inherits the pool size from the environment
+    with mock.patch.dict(os.environ, {POOL_REQUESTS_ENV: str(pool_requests)}), \
+            served(plan, replace(st, max_running=n_cap), vdir / "probe-server.log") as url:
         save_server_info(url, vdir / "probe_server_info.json")
         result = asyncio.run(max_held(
             url, n_cap, st.input_len, st.output_len, vocab=size.vocab,

@@ -206,9 +206,7 @@ class MixAttentionModel(nn.Module):
 
         # Layers from here on own no KV (None: the last layer is a producer, or fast
         # prefill is off): see forward_tail_rows.
-        last_producer = max(plan.producers)
-        self.tail_start = (last_producer + 1 if last_producer + 1 < len(plan) and
-                           fast_prefill.enabled() else None)
+        self.tail_start = plan.tail[0] if plan.tail and fast_prefill.enabled() else None
 
     def forward(self, input_ids, positions, forward_batch, input_embeds=None):
         """Every layer on every row; the final-norm hidden states [tokens, hidden]."""

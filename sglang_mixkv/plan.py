@@ -113,6 +113,13 @@ class Plan:
     def has_consumers(self) -> bool:
         return len(self.producers) < len(self)
 
+    @property
+    def tail(self) -> list[int]:
+        """The consumer-only layers after the last producer (empty when the last layer is
+        a producer): they write no KV, so fast prefill runs them only on the rows whose
+        logits are read."""
+        return list(range(max(self.producers) + 1, len(self)))
+
     def __str__(self) -> str:
         """Canonical plan string: parses back to an equal Plan."""
         out = []

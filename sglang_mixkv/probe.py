@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -32,9 +31,11 @@ from typing import Callable
 import aiohttp
 import numpy as np
 
+from harness import sampler
 from harness.client import API_KEY_ENV, auth_headers
 
 POLL_S = 0.5  # seconds between /metrics reads while a probe runs
+RETRACTED = sampler.METRICS["retracted_total"]  # SGLang's counter, summed over label sets
 
 
 @dataclass
@@ -59,8 +60,7 @@ async def retracted_total(session: aiohttp.ClientSession, url: str) -> int:
     """SGLang's ``num_retracted_requests_total`` counter (0 before the first retraction)."""
     async with session.get(url + "/metrics") as r:
         text = await r.text()
-    return int(sum(float(v) for v in re.findall(
-        r"^sglang:num_retracted_requests_total\{[^}]*\} ([0-9.e+]+)$", text, re.M)))
+    return int(sampler.parse(text, {"retracted": RETRACTED}).get("retracted", 0))
 
 
 def peak_overlap(intervals: list[tuple[float, float]], before: float = float("inf")) -> int:

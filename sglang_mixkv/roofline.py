@@ -229,15 +229,16 @@ def serving_for(size: ModelSize, plan: plans.Plan, hw: Hardware, *, mem_fraction
                 chunk: int | None = None) -> Serving:
     """Our serve defaults for ``size`` on ``hw``: KV budget = memory x fraction - weights
     (as ``capacity.kv_budget``) unless given, SGLang flags as ``serve`` sets them."""
-    from sglang_mixkv.serve import DEFAULTS, eviction_interval
+    from sglang_mixkv.serve import DEFAULTS
 
-    d = DEFAULTS.get(size.name, DEFAULTS["paper"])
+    sizing = cap.serve_sizing(size, size.window)
     if kv_budget is None:
         kv_budget = cap.kv_budget(hw.memory, mem_fraction, weight_bytes(size, plan))
     return Serving(kv_budget=kv_budget,
-                   max_running=max_running or int(d["--max-running-requests"]),
-                   chunk=chunk or int(d["--chunked-prefill-size"]),
-                   eviction_interval=eviction_interval(size.window))
+                   max_running=max_running or int(
+                       DEFAULTS.get(size.name, DEFAULTS["paper"])["--max-running-requests"]),
+                   chunk=chunk or sizing["chunk"], eviction_interval=sizing["eviction_interval"],
+                   page=sizing["page"], chunks_in_flight=sizing["chunks_in_flight"])
 
 
 # ---- costs ---------------------------------------------------------------------------
@@ -293,12 +294,6 @@ def layer_bytes(size: ModelSize) -> int:
     return cap.KVDims.of(size).layer_bytes
 
 
-def tail_layers(plan: plans.Plan) -> list[int]:
-    """Layers after the last producer: they read K/V but write none, so with fast
-    prefill only the rows whose logits are read need them."""
-    return list(range(max(plan.producers) + 1, len(plan)))
-
-
 def causal_keys(n: int, span_cap: int | None) -> float:
     """Sum over queries t = 1..n of the keys each attends: t, or min(t, span_cap)."""
     if span_cap is None or n <= span_cap:
@@ -325,7 +320,7 @@ def prefill_cost(size: ModelSize, plan: plans.Plan, prompt_len: int, *, chunk: i
     short prompts share forwards."""
     w = window or size.window
     n = prompt_len
-    tail = set(tail_layers(plan)) if opts.fast_prefill else set()
+    tail = set(plan.tail) if opts.fast_prefill else set()
     per_key, lb = attention_flops_per_key(size), layer_bytes(size)
     flops = 2 * size.hidden * size.vocab  # the LM head, for the last row only
     kv = 0.0

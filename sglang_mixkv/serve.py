@@ -18,6 +18,7 @@ import re
 import sys
 from pathlib import Path
 
+from harness.client import API_KEY_ENV, redact_argv
 from sglang_mixkv import device
 from sglang_mixkv import plan as plans
 from sglang_mixkv.capacity import parse_bytes
@@ -28,8 +29,6 @@ REPO = Path(__file__).resolve().parent.parent
 #: The pool configurator caps the KV budget at this many bytes when set (CPU runs and
 #: capacity checks use it to get the same budget on any machine).
 KV_BUDGET_ENV = "MIXKV_KV_BUDGET_BYTES"
-#: ``--api-key``'s default: the Docker image binds 0.0.0.0, so a key can come from the env.
-API_KEY_ENV = "MIXKV_API_KEY"
 
 CPU_KV_BUDGET = "1GiB"
 DEFAULTS = {  # size -> sglang flag defaults (the user's flags win)
@@ -112,10 +111,9 @@ def fast_prefill_settings(plan: plans.Plan, flags: list[str], on: bool,
     layers to skip, serve turns prefill graphs off (``--disable-prefill-cuda-graph``;
     at thousands of tokens per chunk they save only kernel launches) unless the user
     chose a prefill graph setting. Decode graphs are untouched."""
-    tail = max(plan.producers) + 1 < len(plan)
     if not on:
         return {fast_prefill.ENV: "0"}, []
-    if gpu and tail and not any(_flag_given(flags, f) for f in (
+    if gpu and plan.tail and not any(_flag_given(flags, f) for f in (
             "--disable-prefill-cuda-graph", "--cuda-graph-backend-prefill",
             "--cuda-graph-config", "--disable-cuda-graph")):
         return {}, ["--disable-prefill-cuda-graph"]
@@ -245,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"sglang-mixkv: model folder {model_dir}", file=sys.stderr)
-    shown = ["***" if i and cmd[i - 1] == "--api-key" else c for i, c in enumerate(cmd)]
-    print("sglang-mixkv: " + " ".join(f"{k}={v}" for k, v in env.items()) + " " + " ".join(shown),
+    print("sglang-mixkv: " + " ".join(f"{k}={v}" for k, v in env.items()) + " "
+          + " ".join(redact_argv(cmd)),
           file=sys.stderr, flush=True)
     if args.dry_run:
         return 0

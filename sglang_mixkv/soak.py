@@ -41,6 +41,7 @@ from typing import Any
 
 import aiohttp
 
+from harness import sampler
 from harness.client import API_KEY_ENV, redact_argv
 
 KINDS = ("valid", "invalid", "aborted", "fuzz")
@@ -324,10 +325,9 @@ async def scheduler_alive(session: aiohttp.ClientSession, url: str) -> str | Non
         return f"/v1/loads failed: {type(e).__name__}: {e}"
 
 
-def _metric(text: str, name: str) -> float | None:
-    vals = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-            if line.startswith(name + "{") or line.startswith(name + " ")]
-    return sum(vals) if vals else None
+#: The pool gauges the soak reads at the end, summed over label sets (absent: None).
+POOL_METRICS = {"global_tokens_used": ("sglang:num_used_tokens", "sum"),
+                "local_token_usage": ("sglang:swa_token_usage", "sum")}
 
 
 async def pool_state(session: aiohttp.ClientSession, url: str, timeout: float = 120) -> dict:
@@ -344,9 +344,9 @@ async def pool_state(session: aiohttp.ClientSession, url: str, timeout: float = 
         flushed = "Cache flushed" in await r.text()
     async with session.get(url + "/metrics") as r:
         m = await r.text() if r.status == 200 else ""
+    found = sampler.parse(m, POOL_METRICS)
     return {"requests_in_server": busy, "cache_flushed": flushed,
-            "global_tokens_used": _metric(m, "sglang:num_used_tokens"),
-            "local_token_usage": _metric(m, "sglang:swa_token_usage")}
+            **{col: found.get(col) for col in POOL_METRICS}}
 
 
 @dataclass

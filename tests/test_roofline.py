@@ -40,7 +40,7 @@ def test_prefill_by_hand():
 
 
 def test_fast_prefill_counts_one_row_in_the_tail():
-    assert rl.tail_layers(PLAN) == [2, 3]  # after the last producer (layer 1)
+    assert PLAN.tail == [2, 3]  # after the last producer (layer 1)
     cost, _ = rl.prefill_cost(SMALL, PLAN, 5, chunk=4, opts=rl.Options(fast_prefill=True))
     head = 2 * 5 * 576 * 2 + 32 * 15 + 32 * 12  # layers 0 and 1 on every row
     tail = 2 * 512 * 2 + 32 * 3 + 32 * 5  # layers 2 (local: 3 keys) and 3 (global: 5) on one row

@@ -88,16 +88,17 @@ class TailRows:
 
 
 def _full_path_reason(fb) -> Optional[str]:
-    """Why this batch must run every layer on every row, or None."""
+    """Why this batch must run every layer on every row, or None. Decode batches
+    (every step of every request) leave at the first check."""
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+
+    if fb.forward_mode not in (ForwardMode.EXTEND, ForwardMode.MIXED):
+        return "not a plain extend batch"  # decode, verify, split prefill, dLLM
     from sglang.srt.model_executor.runner_backend_utils.tc_piecewise_cuda_graph.context_manager import (
         get_tc_piecewise_forward_context,
     )
     from sglang.srt.runtime_context import get_parallel
 
-    from sglang.srt.model_executor.forward_batch_info import ForwardMode
-
-    if fb.forward_mode not in (ForwardMode.EXTEND, ForwardMode.MIXED):
-        return "not a plain extend batch"  # decode, verify, split prefill, dLLM
     if get_tc_piecewise_forward_context() is not None:
         # Prefill CUDA graphs (breakable, piecewise): the body is captured whole and
         # replayed with the graph's own batch (radix_attention.py:169-277).
