@@ -191,7 +191,9 @@ async def run_level(session: aiohttp.ClientSession, cfg: RunConfig, api: client.
         rec = client.Record(cfg.label, level, None if math.isinf(rate) else rate, req.index,
                             req.warmup, api.name, req.input_len, req.output_len, due, repeat)
         try:
-            if (delay := due - clock()) > 0:
+            # A loop, not one sleep: uvloop (the policy SGLang's modules install on import)
+            # may wake up to ~1 ms early, and ``sent >= due`` is part of the timing model.
+            while (delay := due - clock()) > 0:
                 await asyncio.sleep(delay)
             async with sem:
                 await client.send(session, cfg.url, api, req, rec, cfg.timeout, clock)

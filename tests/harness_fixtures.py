@@ -33,12 +33,17 @@ def stub(*args: str):
         proc.wait()
 
 
-def run_inproc(url: str, out: Path, **kw) -> Path:
-    """Run the harness in this process (small defaults; ``kw`` overrides RunConfig fields)."""
+def run_inproc(url: str, out: Path, loop_factory=None, **kw) -> Path:
+    """Run the harness in this process (small defaults; ``kw`` overrides RunConfig fields).
+
+    ``loop_factory`` picks the event loop (default: the current policy's, which is uvloop
+    once any SGLang entrypoint module was imported in this process).
+    """
     cfg = dict(url=url, out=out, label="t", num_prompts=6, input_len=32, output_len=5,
                concurrency=[2], warmup=0, timeout=30, id_range=IdRange(3, 512), progress=False)
     cfg.update(kw)
-    return asyncio.run(runner.run(runner.RunConfig(**cfg), ["test"]))
+    with asyncio.Runner(loop_factory=loop_factory) as r:
+        return r.run(runner.run(runner.RunConfig(**cfg), ["test"]))
 
 
 def cli(*args: str, **kw) -> subprocess.CompletedProcess:
