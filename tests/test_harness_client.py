@@ -59,9 +59,9 @@ def test_vocab_discovered_from_server_model_folder(tmp_path):
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_poisson_rate_sets_due_times(tmp_path, loop):
     # uvloop's timers may fire ~1 ms early: nothing may be sent before its due time anyway
-    factory = asyncio.new_event_loop if loop == "asyncio" else pytest.importorskip(loop).new_event_loop
+    mod = asyncio if loop == "asyncio" else pytest.importorskip(loop)
     with stub() as (url, _):
-        d = run_inproc(url, tmp_path / "r", loop_factory=factory, rate=200.0, num_prompts=40,
+        d = run_inproc(url, tmp_path / "r", loop_factory=mod.new_event_loop, rate=200.0, num_prompts=40,
                        concurrency=[40])
     recs = sorted(records(d), key=lambda r: r["index"])
     dues = [r["due"] for r in recs]
