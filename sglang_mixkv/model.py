@@ -83,6 +83,17 @@ def sglang_window(config) -> int:
     return int(config.sliding_window) - 1
 
 
+def _checkpoint_heads(config) -> int:
+    """Attention heads as in the checkpoint. On CPU, SGLang pads heads that do not divide
+    the TP size (e.g. MQA at tp 2, ``configs/update_config.py:193-250``) for its CPU
+    engine's padded weight loading; ``original_num_attention_heads`` keeps the real count."""
+    return getattr(config, "original_num_attention_heads", None) or config.num_attention_heads
+
+
+def _head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // _checkpoint_heads(config)
+
+
 class MixAttention(nn.Module):
     def __init__(self, config, layer_id: int, layer: plans.Layer, rope: Rope,
                  quant_config: Optional[QuantizationConfig], prefix: str):
@@ -91,12 +102,11 @@ class MixAttention(nn.Module):
         self.layer_id = layer_id
         self.is_producer = layer.source == layer_id
         self.source = layer.source
-        # On CPU, SGLang pads heads that do not divide the TP size (e.g. MQA at tp 2,
-        # configs/update_config.py:193-250) for its CPU engine's padded weight loading;
-        # keep the checkpoint's heads, and QKVParallelLinear replicates KV heads as on GPU.
-        heads = getattr(config, "original_num_attention_heads", None) or config.num_attention_heads
+        # The checkpoint's heads (not SGLang's CPU padding); QKVParallelLinear replicates
+        # KV heads that do not divide the TP size, as on GPU.
+        heads = _checkpoint_heads(config)
         kv_heads = getattr(config, "original_total_num_kv_heads", None) or config.num_key_value_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        self.head_dim = _head_dim(config)
         if heads % tp or (kv_heads % tp and tp % kv_heads):
             raise ValueError(f"{heads} heads / {kv_heads} KV heads cannot split over tp={tp}")
         self.num_heads = heads // tp
@@ -189,8 +199,7 @@ class MixAttentionModel(nn.Module):
         theta = getattr(config, "rope_theta", None) or (
             (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
         )
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        self.rope = Rope(head_dim, config.max_position_embeddings, theta)
+        self.rope = Rope(_head_dim(config), config.max_position_embeddings, theta)
         self.embed_tokens = VocabParallelEmbedding(
             config.vocab_size, config.hidden_size, quant_config=quant_config,
             prefix=add_prefix("embed_tokens", prefix),
@@ -207,6 +216,8 @@ class MixAttentionModel(nn.Module):
         # Layers from here on own no KV (None: the last layer is a producer, or fast
         # prefill is off): see forward_tail_rows.
         self.tail_start = plan.tail[0] if plan.tail and fast_prefill.enabled() else None
+        #: the producers the tail reads: the only K/V it needs at its rows
+        self.tail_sources = sorted({plan.layers[i].source for i in plan.tail})
 
     def forward(self, input_ids, positions, forward_batch, input_embeds=None):
         """Every layer on every row; the final-norm hidden states [tokens, hidden]."""
@@ -238,7 +249,7 @@ class MixAttentionModel(nn.Module):
         out = hidden.new_zeros(hidden.shape)
         if len(idx):  # else every request is in a middle chunk: nothing is read
             view = fast_prefill.narrowed(forward_batch, rows)
-            kv_rows = {src: (k[idx], v[idx]) for src, (k, v) in kv.items()}
+            kv_rows = {src: (kv[src][0][idx], kv[src][1][idx]) for src in self.tail_sources}
             backend = get_attn_backend()
             backend.init_forward_metadata(view)
             try:

@@ -57,10 +57,13 @@ _last_batch: tuple[tuple[str, ...], tuple[bool, ...]] = ((), ())
 
 
 def mark_last_chunks(result, cls, batch, *args, **kwargs):
-    """AFTER hook on ``ForwardBatch.init_new(batch, model_runner, ...)``."""
+    """AFTER hook on ``ForwardBatch.init_new(batch, model_runner, ...)``. Extend batches
+    only: a decode step (the hot loop) leaves at once, and :func:`tail_rows` reads
+    nothing but extend batches (it matches rids, so a stale record is never used)."""
     global _last_batch
+    mode = getattr(batch, "forward_mode", None)
     reqs = getattr(batch, "reqs", None)
-    if reqs is not None:
+    if reqs is not None and mode is not None and mode.is_extend():
         chunked = getattr(batch, "chunked_req", None)
         _last_batch = (tuple(req.rid for req in reqs), tuple(req is not chunked for req in reqs))
     return result

@@ -8,8 +8,8 @@ with the radix cache on (``sglang_seams.radix`` keeps a request's pinned local K
 within one window) - and the rest of the budget goes to the global pool
 (:func:`sglang_mixkv.capacity.pool_split`).
 
-Plans without global layers get a global pool of zero bytes (no global layer has a
-buffer) whose slots are token ids: SGLang then builds its hybrid FULL+SWA allocator
+Plans without global layers, with the radix cache on, get a global pool of zero bytes
+(no global layer has a buffer) whose slots are token ids: SGLang then builds its hybrid FULL+SWA allocator
 and radix tree (and our window-releasing cache) instead of ``PureSWARadixCache``,
 which frees decoded KV twice (``pure_swa_radix_cache.py:103-131``) and locks whole
 prompts (``radix_cache.py:592-605``).

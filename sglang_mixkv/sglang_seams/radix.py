@@ -80,9 +80,6 @@ class WindowRadixCache(_unified_radix_cache_base()):
 
         super().__init__(params)
         self._swa = ComponentType.SWA
-        #: Cumulative SWA tokens unlocked by :meth:`release_out_of_window` (a counter
-        #: for logs and tests; nothing reads it for correctness).
-        self.released_tokens = 0
 
     # ---- one window per lock ---------------------------------------------------
     def inc_lock_ref(self, node_id, skip_lock_components: Sequence = ()):
@@ -167,7 +164,6 @@ class WindowRadixCache(_unified_radix_cache_base()):
 
                 meta["uuid"] = next_component_uuid()
             req.swa_uuid_for_lock = meta["uuid"]
-        self.released_tokens += released
         return released
 
     def _unlock(self, node) -> int:

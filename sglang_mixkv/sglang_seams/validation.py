@@ -83,7 +83,7 @@ def _check_ids(ids: Any, field: str, vocab: int, *, allow_empty: bool = True) ->
         raise InvalidRequest(f"{field} must be a list of token ids, got {type(ids).__name__}")
     if not ids and not allow_empty:
         raise InvalidRequest(f"{field} is empty: a prompt needs at least one token id")
-    if all(type(x) is int for x in ids):  # the common case: one C-level pass each
+    if set(map(type, ids)) <= {int}:  # the common case: C-level passes, no Python loop
         if not ids or (min(ids) >= 0 and max(ids) < vocab):
             return
     for j, x in enumerate(ids):
@@ -129,7 +129,6 @@ def check_request(obj: Any, vocab: int, names: Mapping[str, str] | None = None) 
             for i, row in enumerate(ids):
                 _check_ids(row, f"{ids_name}[{i}]", vocab, allow_empty=False)
 
-    n = batch if batch is not None else 1
     for name in _PER_PROMPT:
         value = getattr(obj, name, None)
         if isinstance(value, list):
@@ -168,7 +167,7 @@ def check_request(obj: Any, vocab: int, names: Mapping[str, str] | None = None) 
     tids = getattr(obj, "token_ids_logprob", None)
     if tids:
         if isinstance(tids, list) and any(r is None or isinstance(r, list) for r in tids):
-            if batch is None or len(tids) != n:
+            if batch is None or len(tids) != batch:
                 what = "a single prompt" if batch is None else f"a batch of {batch}"
                 raise InvalidRequest(f"token_ids_logprob has {len(tids)} lists for {what}")
             for i, row in enumerate(tids):
