@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from harness.client import API_KEY_ENV
 from harness.workload import PROFILES, IdRange
 
 
@@ -42,9 +43,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vocab-size", type=int, help="default: read from the server's model folder")
     p.add_argument("--id-range", type=IdRange.parse, help="token ids LO:HI (default 3:vocab)")
     p.add_argument("--model", default="default", help="OpenAI 'model' field")
-    p.add_argument("--api-key", default=os.environ.get("MIXKV_API_KEY") or None,
+    p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV) or None,
                    help="send 'Authorization: Bearer KEY' (a server started with --api-key; "
-                   "default: $MIXKV_API_KEY; never written to the results)")
+                   f"default: ${API_KEY_ENV}; never written to the results)")
     p.add_argument("--no-flush", action="store_true", help="don't POST /flush_cache between levels")
     p.add_argument("--wait", type=float, default=0.0, help="wait this long for the server to come up")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,

@@ -237,8 +237,10 @@ def markdown(summary: pd.DataFrame, df: pd.DataFrame, metas: list[dict],
     parts.append(table(summary).to_markdown(index=False, floatfmt=".4g") if len(summary)
                  else "_no finished requests_")
     if (bounds is not None and len(bounds)) or notes:
+        every = sorted({t["interval_s"] for m in metas if (t := m.get("timeline") or {}).get("interval_s")})
+        when = f"every {' / '.join(f'{x:g}' for x in every)} s" if every else "periodically"
         parts += ["", "## Server timeline", "",
-                  "From SGLang's `/metrics`, sampled about once a second (`timeline.jsonl`)."]
+                  f"From SGLang's `/metrics`, sampled {when} (`timeline.jsonl`)."]
         if bounds is not None and len(bounds):
             parts += ["", bounds_table(bounds).to_markdown(index=False, floatfmt=".4g")]
         parts += [""] + [f"- {n}" for n in notes]

@@ -195,8 +195,8 @@ def level_summary(tl: pd.DataFrame, windows: list[dict]) -> pd.DataFrame:
         before = tl[tl["t"] < w["start"]].tail(1)
         span = pd.concat([before, inside])
 
-        def peak(col: str, frame: pd.DataFrame = inside) -> float:
-            return float(frame[col].max()) if col in frame and frame[col].notna().any() else np.nan
+        def peak(col: str) -> float:
+            return float(inside[col].max()) if col in inside and inside[col].notna().any() else np.nan
 
         def increase(col: str) -> float:
             if col not in span or span[col].notna().sum() < 2:

@@ -32,7 +32,6 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
-from unittest import mock
 
 import requests
 
@@ -40,7 +39,7 @@ from harness.client import API_KEY_ENV, auth_headers, redact_argv, redact_server
 from harness.server import launched, launched_on_free_port
 from sglang_mixkv import capacity as cap
 from sglang_mixkv import plan as plans
-from sglang_mixkv.serve import REPO, has_gpu
+from sglang_mixkv.serve import REPO, flag_given, flag_value, has_gpu
 from sglang_mixkv.sizes import ModelSize, get_size, with_kv_heads
 
 GPU_PLANS = ["standard", "swa", "ma", "ma-offset", "ma-endslide", "ma-pairs"]
@@ -110,7 +109,7 @@ def server_command(plan: str, st: Settings, extra: list[str] = ()) -> tuple[list
         args += ["--max-running-requests", str(st.max_running)]
     if st.kv_heads:
         args += ["--kv-heads", str(st.kv_heads)]
-    if not any(a.startswith("--decode-log-interval") for a in [*st.server_args, *extra]):
+    if not flag_given([*st.server_args, *extra], "--decode-log-interval"):
         # SGLang publishes its /metrics gauges (running, queued, pool usage) after each
         # prefill batch and every this many decode steps (default 40: less than once per
         # request of the CPU bench's 64 tokens); the timeline samples them.
@@ -127,18 +126,18 @@ def save_server_info(url: str, out: Path) -> dict:
 
 
 @contextlib.contextmanager
-def served(plan: str, st: Settings, log: Path) -> Iterator[str]:
-    """Our server for ``plan`` while the block runs; yields its URL. ``st.port`` 0: a free
-    port, and a new one (and a new start) if another process takes it before the server
-    binds it (SGLang would hang until the health timeout)."""
+def served(plan: str, st: Settings, log: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Our server for ``plan`` (``env`` over ours) while the block runs; yields its URL.
+    ``st.port`` 0: a free port, and a new one (and a new start) if another process takes
+    it before the server binds it (SGLang would hang until the health timeout)."""
     try:
         if st.port:
             cmd, url = server_command(plan, st)
-            with launched(cmd, url, log, timeout=SERVER_START_S):
+            with launched(cmd, url, log, timeout=SERVER_START_S, env=env):
                 yield url
             return
         with launched_on_free_port(lambda port: server_command(plan, replace(st, port=port))[0],
-                                   log, timeout=SERVER_START_S) as url:
+                                   log, timeout=SERVER_START_S, env=env) as url:
             yield url
     finally:  # SGLang logs its arguments, an API key among them: keep it out of results
         key = os.environ.get(API_KEY_ENV)
@@ -187,9 +186,8 @@ def run_probe(plan: str, st: Settings, vdir: Path) -> None:
     n_formula = cap.max_concurrent(budget, p, cap.KVDims.of(size), size.window, tokens)
     pool_requests = st.max_running or max(1, n_formula)
     n_cap = 2 * max(pool_requests, n_formula) + 8  # above what the pools can hold
-    # the server started in the block inherits the pool size from the environment
-    with mock.patch.dict(os.environ, {POOL_REQUESTS_ENV: str(pool_requests)}), \
-            served(plan, replace(st, max_running=n_cap), vdir / "probe-server.log") as url:
+    with served(plan, replace(st, max_running=n_cap), vdir / "probe-server.log",
+                env={POOL_REQUESTS_ENV: str(pool_requests)}) as url:
         save_server_info(url, vdir / "probe_server_info.json")
         result = asyncio.run(max_held(
             url, n_cap, st.input_len, st.output_len, vocab=size.vocab,
@@ -309,11 +307,7 @@ def bench_hardware(choice: str, st: Settings):
             with contextlib.suppress(ValueError):
                 rl.gpu(name)
                 choice = name
-    if choice.lower() != "this":
-        return rl.gpu(choice)
-    size = bench_size(st)
-    work = max(rl.streamed_weight_bytes(size, plans.resolve(p, size.num_layers)) for p in st.plans)
-    return rl.measure_this(size.dtype, working_set=work)
+    return rl.hardware_from_args(choice, bench_size(st), st.plans, 1.0, 1.0)
 
 
 def roofline_serving(spec: str, st: Settings, hw, vdir: Path | None = None):
@@ -327,11 +321,10 @@ def roofline_serving(spec: str, st: Settings, hw, vdir: Path | None = None):
     info = vdir / "server_info.json" if vdir else None
     if budget is None and info and info.exists():
         budget = int(json.loads(info.read_text())["internal_states"][0]["memory_usage"]["kvcache"] * 2**30)
-    chunk = next((int(v) for k, v in zip(st.server_args, st.server_args[1:])
-                  if k == "--chunked-prefill-size"), None)
+    chunk = flag_value(st.server_args, "--chunked-prefill-size")
     return rl.serving_for(size, plans.resolve(spec, size.num_layers), hw,
                           mem_fraction=st.mem_fraction or 0.85, kv_budget=budget,
-                          max_running=st.max_running, chunk=chunk)
+                          max_running=st.max_running, chunk=chunk and int(chunk))
 
 
 def roofline_levels(st: Settings, hw, run: Path | None = None, levels: list[int] | None = None,
@@ -368,7 +361,7 @@ def predict(st: Settings, hw) -> dict:
         return float(t)
 
     out = {"bound_s": total(hw)}
-    if hw.source.startswith("data sheet"):
+    if any(hw.name == g.name for g in rl.GPUS.values()):  # a built-in GPU, not measured
         out["expected_s"] = total(hw.achieving(*rl.ACHIEVABLE))
         out["expected_at"] = {"flops_fraction": rl.ACHIEVABLE[0], "bw_fraction": rl.ACHIEVABLE[1]}
     return out

@@ -142,13 +142,13 @@ async def probe(url: str, n: int, input_len: int, output_len: int, *, vocab: int
 
 
 async def max_held(url: str, n_cap: int, input_len: int, output_len: int, *, vocab: int,
-                   n_start: int = 1, seed: int = 0,
+                   seed: int = 0,
                    on_probe: Callable[[dict], None] | None = None) -> dict:
-    """Largest n <= n_cap whose probe succeeds: from ``n_start`` upward in doubling steps
+    """Largest n <= n_cap whose probe succeeds: from 1 upward in doubling steps
     until one fails, then bisect between the last success and the first failure. Every
     probe is recorded; ``capped``: no probe failed up to ``n_cap`` (the search ended at
     the cap, not at the pools)."""
-    lo, hi, n, history = 0, None, max(1, n_start), []  # lo succeeded (0: trivially), hi failed
+    lo, hi, n, history = 0, None, 1, []  # lo succeeded (0: trivially), hi failed
     while True:
         n = min(n, n_cap)
         t0 = time.monotonic()

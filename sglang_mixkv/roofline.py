@@ -313,12 +313,12 @@ def _reads(plan: plans.Plan, i: int, opts: Options) -> bool:
 
 
 def prefill_cost(size: ModelSize, plan: plans.Plan, prompt_len: int, *, chunk: int,
-                 window: int | None = None, opts: Options = Options()) -> tuple[Cost, int]:
+                 opts: Options = Options()) -> tuple[Cost, int]:
     """One prompt's prefill from an empty cache, in chunks of ``chunk`` tokens: its FLOPs
     and K/V bytes (weights not included), and the number of chunk forwards it needs alone.
     Weights cost ``streamed_weight_bytes`` per forward; the caller adds them, because
     short prompts share forwards."""
-    w = window or size.window
+    w = size.window
     n = prompt_len
     tail = set(plan.tail) if opts.fast_prefill else set()
     per_key, lb = attention_flops_per_key(size), layer_bytes(size)
@@ -354,12 +354,12 @@ def mean_spans(plan: plans.Plan, first_ctx: int, steps: int, window: int) -> lis
 
 
 def decode_step_cost(size: ModelSize, plan: plans.Plan, batch: int, spans: list[float] | int,
-                     *, window: int | None = None, opts: Options = Options()) -> Cost:
+                     *, opts: Options = Options()) -> Cost:
     """One decode step of ``batch`` requests. ``spans``: an int context (tokens attended,
     the new one included) or each layer's (mean) span. Bytes: streamed weights once,
     ``batch`` embedding rows, every reading layer's K/V span per request, and each
     producer's new K/V."""
-    w = window or size.window
+    w = size.window
     if isinstance(spans, int):
         spans = [spans if k == GLOBAL else min(spans, w) for k in plan.kinds]
     lb = layer_bytes(size)
@@ -401,7 +401,8 @@ class LevelBound:
     tpot_ms: float  # one decode step at `running`, mean context
     prefill_flops: float
     decode_bytes_per_step: float
-    kv_bytes_per_request_step: float  # K/V one request reads per decode step (mean)
+    kv_bytes_per_request_step: float  # one request's share of a decode step's bytes (mean):
+    # the K/V it reads, its producers' new K/V and its embedding row
 
 
 def level_bound(size: ModelSize, spec: str, hw: Hardware, wl: Workload, level: int,

@@ -59,11 +59,11 @@ def eviction_interval(window: int) -> int:
     return max(1, min(128, window // 16))
 
 
-def _flag_given(flags: list[str], name: str) -> bool:
+def flag_given(flags: list[str], name: str) -> bool:
     return any(f == name or f.startswith(name + "=") for f in flags)
 
 
-def _flag_value(flags: list[str], name: str) -> str | None:
+def flag_value(flags: list[str], name: str) -> str | None:
     """The value of ``--name V`` / ``--name=V`` (the last one wins, as in argparse)."""
     value = None
     for i, f in enumerate(flags):
@@ -84,7 +84,7 @@ def flashinfer_env(plan: plans.Plan, flags: list[str]) -> dict[str, str]:
     :418, :959-963) plans ``window_left`` for the SWA wrapper (:1891-1933, :2186-2188)
     and reads a consumer's K/V from its producer's cache, written earlier in the same
     forward pass. Raises ValueError if the user turned the paged path off."""
-    backends = {_flag_value(flags, f) for f in
+    backends = {flag_value(flags, f) for f in
                 ("--attention-backend", "--prefill-attention-backend")}
     if "flashinfer" not in backends or not plan.local_producers:
         return {}
@@ -113,7 +113,7 @@ def fast_prefill_settings(plan: plans.Plan, flags: list[str], on: bool,
     chose a prefill graph setting. Decode graphs are untouched."""
     if not on:
         return {fast_prefill.ENV: "0"}, []
-    if gpu and plan.tail and not any(_flag_given(flags, f) for f in (
+    if gpu and plan.tail and not any(flag_given(flags, f) for f in (
             "--disable-prefill-cuda-graph", "--cuda-graph-backend-prefill",
             "--cuda-graph-config", "--disable-cuda-graph")):
         return {}, ["--disable-prefill-cuda-graph"]
@@ -123,7 +123,7 @@ def fast_prefill_settings(plan: plans.Plan, flags: list[str], on: bool,
 def cpu_tp_env(flags: list[str]) -> dict[str, str]:
     """``--tp-size N`` on a CPU: one core set per rank (SGLang refuses tp > NUMA nodes
     unless ``SGLANG_CPU_OMP_THREADS_BIND`` gives each rank its cores, e.g. ``0|1``)."""
-    tp = int(_flag_value(flags, "--tp-size") or _flag_value(flags, "--tp") or 1)
+    tp = int(flag_value(flags, "--tp-size") or flag_value(flags, "--tp") or 1)
     if tp <= 1 or "SGLANG_CPU_OMP_THREADS_BIND" in os.environ:
         return {}
     cores = sorted(os.sched_getaffinity(0))
@@ -173,7 +173,7 @@ def build_command(args: argparse.Namespace, sglang_flags: list[str]) -> tuple[li
                          "--sleep-on-idle": None})
     defaults.update({"--host": args.host, "--port": str(args.port)})
     for name, value in defaults.items():
-        if not _flag_given(flags, name):
+        if not flag_given(flags, name):
             flags += [name] if value is None else [name, value]
 
     env = flashinfer_env(plan, flags)
@@ -191,7 +191,7 @@ def build_command(args: argparse.Namespace, sglang_flags: list[str]) -> tuple[li
         window = int(cfg.get("sliding_window") or size.window)
         env["SGLANG_SWA_EVICTION_INTERVAL"] = str(eviction_interval(window))
     kv_budget = args.kv_budget
-    if kv_budget is None and not gpu and not _flag_given(flags, "--max-total-tokens"):
+    if kv_budget is None and not gpu and not flag_given(flags, "--max-total-tokens"):
         kv_budget = CPU_KV_BUDGET  # else SGLang would size the pool from free RAM
     if kv_budget:
         env[KV_BUDGET_ENV] = str(parse_bytes(kv_budget))

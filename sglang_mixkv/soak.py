@@ -42,7 +42,8 @@ from typing import Any
 import aiohttp
 
 from harness import sampler
-from harness.client import API_KEY_ENV, redact_argv
+from harness.client import API_KEY_ENV, auth_headers, redact_argv
+from sglang_mixkv.sizes import get_size
 
 KINDS = ("valid", "invalid", "aborted", "fuzz")
 #: Share of each kind in a soak run.
@@ -60,8 +61,7 @@ class Case:
     path: str
     body: Any = None
     raw: bytes | None = None
-    stream: bool = False
-    abort: bool = False  # close the stream after its first event
+    abort: bool = False  # close the stream after its first event (a streamed body)
     expect: str = "2xx|4xx"  # "2xx", "4xx" or "2xx|4xx"
 
     def show(self) -> str:
@@ -75,7 +75,6 @@ class Outcome:
     error_events: list[int] = field(default_factory=list)  # codes of errors inside a stream
     aborted: bool = False
     problem: str | None = None  # why the answer breaks the rules; None = fine
-    seconds: float = 0.0
 
 
 # ---- request bodies ------------------------------------------------------------------
@@ -185,7 +184,7 @@ def fuzz_case(rng: random.Random, vocab: int, context: int) -> Case:
         body.update(_logprobs(rng, vocab, plen))
         if stream:
             body["stream"] = True
-        return Case("fuzz", "/generate", body, stream=stream, abort=abort)
+        return Case("fuzz", "/generate", body, abort=abort)
     prompt = _prompt(rng, vocab, context)
     if _maybe(rng, 0.2) and isinstance(prompt, list):
         prompt = [prompt, _ids(rng, vocab, rng.randrange(1, 30))]
@@ -199,10 +198,10 @@ def fuzz_case(rng: random.Random, vocab: int, context: int) -> Case:
              "stream_options": [{"include_usage": True}]}
     for key in rng.sample(sorted(extra), rng.randrange(0, 4)):
         body[key] = rng.choice(extra[key])
-    return Case("fuzz", "/v1/completions", body, stream=stream, abort=abort)
+    return Case("fuzz", "/v1/completions", body, abort=abort)
 
 
-def _valid(rng: random.Random, vocab: int, context: int, kind: str = "valid") -> Case:
+def _valid(rng: random.Random, vocab: int, kind: str = "valid") -> Case:
     n = rng.choice([1, 8, 64, 200, 500]) if _maybe(rng, 0.9) else rng.randrange(1000, 3000)
     out = rng.choice([1, 4, 16, 32])
     stream = kind == "aborted" or _maybe(rng, 0.5)
@@ -220,8 +219,7 @@ def _valid(rng: random.Random, vocab: int, context: int, kind: str = "valid") ->
         body = {"model": "default", "prompt": _ids(rng, vocab, n), "max_tokens": out,
                 "ignore_eos": True, "stream": stream}
         path = "/v1/completions"
-    return Case(kind, path, body, stream=stream, abort=kind == "aborted",
-                expect="2xx")
+    return Case(kind, path, body, abort=kind == "aborted", expect="2xx")
 
 
 def _invalid(rng: random.Random, vocab: int, context: int) -> Case:
@@ -246,10 +244,9 @@ def _invalid(rng: random.Random, vocab: int, context: int) -> Case:
                              "logprobs": vocab + 1}),
     ]
     path, body = rng.choice(bad)
-    stream = _maybe(rng, 0.3)
-    if stream:
+    if _maybe(rng, 0.3):
         body = {**body, "stream": True}
-    return Case("invalid", path, body, stream=stream, expect="4xx")
+    return Case("invalid", path, body, expect="4xx")
 
 
 def soak_case(rng: random.Random, vocab: int, context: int) -> Case:
@@ -258,7 +255,7 @@ def soak_case(rng: random.Random, vocab: int, context: int) -> Case:
         return _invalid(rng, vocab, context)
     if kind == "fuzz":
         return fuzz_case(rng, vocab, context)
-    return _valid(rng, vocab, context, kind)
+    return _valid(rng, vocab, kind)
 
 
 # ---- sending ---------------------------------------------------------------------------
@@ -270,7 +267,6 @@ def _status_ok(status: int, expect: str) -> bool:
 async def send(session: aiohttp.ClientSession, url: str, case: Case) -> Outcome:
     """Send ``case``; fill ``problem`` if the answer breaks the rules."""
     out = Outcome()
-    t0 = time.perf_counter()
     kwargs: dict[str, Any] = ({"data": case.raw, "headers": {"Content-Type": "application/json"}}
                               if case.raw is not None else {"json": case.body})
     try:
@@ -299,7 +295,6 @@ async def send(session: aiohttp.ClientSession, url: str, case: Case) -> Outcome:
     except (aiohttp.ClientError, aiohttp.http_exceptions.HttpProcessingError,
             asyncio.TimeoutError) as e:
         out.problem = f"no answer: {type(e).__name__}: {str(e)[:300]}"
-    out.seconds = time.perf_counter() - t0
     if out.problem is None:
         # SGLang refuses some bad streamed requests inside a 200 stream (an error event
         # with code 400, http_server.py:886-904): a refusal too.
@@ -480,8 +475,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--kind", choices=["soak", "fuzz"], default="soak",
                     help="soak: the mix above; fuzz: random bodies only")
-    ap.add_argument("--vocab", type=int, default=512, help="the server's vocabulary (tiny: 512)")
-    ap.add_argument("--context", type=int, default=4096, help="the server's context length")
+    tiny = get_size("tiny")  # the server started without --url
+    ap.add_argument("--vocab", type=int, default=tiny.vocab,
+                    help=f"the server's vocabulary (tiny: {tiny.vocab})")
+    ap.add_argument("--context", type=int, default=tiny.max_position,
+                    help=f"the server's context length (tiny: {tiny.max_position})")
     ap.add_argument("--api-key", default=os.environ.get(API_KEY_ENV) or None,
                     help=f"bearer key for a server started with one (default: ${API_KEY_ENV})")
     ap.add_argument("--out", type=Path, help="write report.md and soak.json here")
@@ -494,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = collect(cmd_line)
     meta["command"] = shlex.join(cmd_line)
     cases = make_cases(a.requests, a.seed, a.vocab, a.context, a.kind)
-    headers = {"Authorization": f"Bearer {a.api_key}"} if a.api_key else None
+    headers = auth_headers(a.api_key)
 
     def go(url: str) -> Summary:
         return asyncio.run(run(url, cases, a.concurrency, a.seed, headers))
@@ -505,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from harness.server import healthy, launched_on_free_port
 
-        args = ["--plan", "ma", "--size", "tiny", "--kv-budget", "16MiB",
+        args = ["--plan", "ma", "--size", tiny.name, "--kv-budget", "16MiB",
                 "--max-running-requests", "8", "--chunked-prefill-size", "128",
                 "--enable-metrics"]
         meta["server"] = "python -m sglang_mixkv.serve " + shlex.join(args) + \
