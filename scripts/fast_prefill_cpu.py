@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from harness.sysinfo import collect  # noqa: E402
 from sglang_mixkv.plan import resolve  # noqa: E402
+from sglang_mixkv.serve import DEFAULTS  # noqa: E402
 from sglang_mixkv.sizes import get_size  # noqa: E402
 
 MODES = {"on": "", "off": "--no-fast-prefill"}
@@ -69,6 +70,8 @@ def rows(a: argparse.Namespace) -> pd.DataFrame:
 
 def report(a: argparse.Namespace) -> str:
     df = rows(a)
+    size = get_size(a.size)
+    chunk = DEFAULTS[a.size]["--chunked-prefill-size"]  # bench passes no chunk flag of its own
     on, off = (df[df["mode"] == m].set_index("plan") for m in ("on", "off"))
     both = on.index.intersection(off.index)
     table = pd.DataFrame({
@@ -89,15 +92,16 @@ def report(a: argparse.Namespace) -> str:
         f"- versions: {json.dumps(meta.get('versions'))}", f"- hardware: {json.dumps(meta.get('hardware'))}",
         f"- workload: model `{a.size}`, single prompts of {a.input_len} tokens in, 1 out, one at "
         f"a time; {a.num_prompts} prompts x {a.repeats} repeats per run, {a.rounds} rounds per "
-        "mode, modes alternated per plan; chunked prefill at the tiny size's 256 tokens", "",
+        f"mode, modes alternated per plan; chunked prefill at the {a.size} size's {chunk} tokens", "",
         "TTFT p50 is the median over rounds of each run's median, in brackets the range of the "
         "runs' medians; `significant`: the on and off ranges do not overlap. Prefill tok/s: "
         "input tokens over the level's wall time. The tail layers (after the last producer) "
         "run on one row of the last chunk instead of every row; the rest of the forward, the "
         "LM head and the HTTP path are unchanged. So the speed-up is 1 / (1 - the tail's share "
         "of the prefill time), and that share is not the tail's share of the layers: at the "
-        "tiny size (hidden 128) attention dominates, and a global layer attends over the whole "
-        "prompt while a local one attends over a window of 32, so global consumers in the tail "
+        f"{a.size} size (hidden {size.hidden}) attention dominates, and a global layer attends "
+        f"over the whole prompt while a local one attends over a window of {size.window}, so "
+        "global consumers in the tail "
         "(all five of `yoco`'s, one of `ma-offset`'s three) weigh more than the other layers.",
         "",
         "## TTFT and prefill throughput, fast prefill on and off", "",

@@ -49,11 +49,16 @@ def section(run: Path) -> str:
 def roofline_section() -> str:
     """The paper's test on one H100 SXM, per variant and level, from the roofline module."""
     sys.path.insert(0, str(ROOT))
+    import inspect
+
+    from sglang_mixkv import plan as plans
     from sglang_mixkv import roofline as rl
     from sglang_mixkv.sizes import get_size
 
     size, wl = get_size("paper"), rl.WORKLOADS["paper"]
     hw = rl.gpu("H100").achieving(*rl.ACHIEVABLE)
+    sv = rl.serving_for(size, plans.resolve("standard", size.num_layers), hw)  # what sweep uses
+    mem_fraction = inspect.signature(rl.serving_for).parameters["mem_fraction"].default
     df = rl.sweep(size, PLANS, hw, wl)
     peak = rl.sweep(size, PLANS, rl.gpu("H100"), wl)
     cell = df.assign(v=[f"{t:,.0f} ({s:.2f}x)" for t, s in zip(df["output_tok_per_s"],
@@ -75,14 +80,18 @@ def roofline_section() -> str:
         f"**A model, not a measurement**: `{cmd}` (generated into this README by "
         "`scripts/readme_results.py --roofline`). The paper's test: "
         f"{wl.num_prompts} prompts of {wl.input_len:,} tokens in and {wl.output_len:,} out, all due "
-        "at once, at most `c` in flight; the `paper` model size (24 layers, hidden 2048, GQA "
-        "16:4, head dim 128, bf16, window 1024) on one H100 SXM taken to reach "
+        "at once, at most `c` in flight; the `paper` model size "
+        f"({size.num_layers} layers, hidden {size.hidden}, GQA {size.heads}:{size.kv_heads}, "
+        f"head dim {size.head_dim}, {'bf16' if size.dtype == 'bfloat16' else size.dtype}, "
+        f"window {size.window}) on one {hw.name} taken to reach "
         f"{rl.ACHIEVABLE[0]:.0%} of its peak FLOP/s and {rl.ACHIEVABLE[1]:.0%} of its bandwidth. "
-        "Each variant's KV budget is 80 GiB x 0.85 minus its weights, split between the pools "
-        "as our server splits it, `--max-running-requests 300`, chunks of 8192 tokens. "
+        f"Each variant's KV budget is {hw.memory / 2**30:g} GiB x {mem_fraction} minus its "
+        "weights, split between the pools as our server splits it, "
+        f"`--max-running-requests {sv.max_running}`, chunks of {sv.chunk} tokens. "
         "Output tokens/s per level, and in brackets the speed-up over `standard`:", "",
         table.to_markdown(), "",
-        "What bounds each phase (sum over the level's 300 requests; TTFT and TPOT: the floor for "
+        f"What bounds each phase (sum over the level's {wl.num_prompts} requests; TTFT and TPOT: "
+        "the floor for "
         "one prompt's prefill alone and for one decode step of the batch):", "",
         bounds.to_markdown(index=False), "",
         "Assumptions:", "", *[f"- {a}" for a in rl.assumptions(hw, rl.Options())], "",

@@ -23,7 +23,8 @@ KEY = "k-" + "7" * 30
 def serve_dry_run(args: list[str], env: dict, tmp_path: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sglang_mixkv.serve", *args, "--dry-run"],
                           capture_output=True, text=True, cwd=REPO, timeout=120,
-                          env={**env, "MIXKV_MODELS": str(tmp_path), "PATH": "/usr/bin:/bin"})
+                          env={"MIXKV_DEVICE": "cpu", "CUDA_VISIBLE_DEVICES": "", **env,
+                               "MIXKV_MODELS": str(tmp_path), "PATH": "/usr/bin:/bin"})
 
 
 @pytest.mark.parametrize("how", ["env", "flag"])
@@ -64,7 +65,9 @@ class _Keyed(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802
         ok = self.path.startswith("/health") or \
             self.headers.get("Authorization") == f"Bearer {KEY}"
-        body = json.dumps({"max_total_num_tokens": 1} if ok else {"error": "unauthorized"})
+        # as SGLang's /server_info: its ServerArgs, the key among them
+        body = json.dumps({"max_total_num_tokens": 1, "api_key": KEY} if ok
+                          else {"error": "unauthorized"})
         self.send_response(200 if ok else 401)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
@@ -97,7 +100,8 @@ def test_bench_sends_the_key_from_the_environment(keyed_server, tmp_path, monkey
 
     monkeypatch.setenv("MIXKV_API_KEY", KEY)
     info = bench.save_server_info(keyed_server, tmp_path / "info.json")
-    assert info == {"max_total_num_tokens": 1}
+    assert {k: v for k, v in info.items() if k != "api_key"} == {"max_total_num_tokens": 1}
+    assert KEY not in (tmp_path / "info.json").read_text()  # the results file
 
 
 def test_make_passes_the_key_in_the_environment_not_the_command_line():

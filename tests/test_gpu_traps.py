@@ -28,8 +28,9 @@ from sglang_mixkv.sizes import SIZES, write_model_folder
 from tests.serving import REPO
 
 
-def fake_nvidia_smi(bin_dir: Path, driver: str) -> Path:
-    """An ``nvidia-smi`` that lists one H100 with the given driver version."""
+def fake_nvidia_smi(bin_dir: Path, driver: str | None) -> Path:
+    """An ``nvidia-smi`` that lists one H100 with the given driver version; ``None``: one
+    that finds no GPU (as on a host without one, so a real one on PATH is shadowed)."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     exe = bin_dir / "nvidia-smi"
     exe.write_text(
@@ -38,6 +39,7 @@ def fake_nvidia_smi(bin_dir: Path, driver: str) -> Path:
         '  -L) echo "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0000)";;\n'
         f'  *) echo "{driver}";;\n'
         "esac\n"
+        if driver else "#!/bin/sh\necho 'No devices were found'\nexit 6\n"
     )
     exe.chmod(0o755)
     return bin_dir
@@ -68,11 +70,10 @@ def test_device_refuses_a_gpu_torch_cannot_use(tmp_path, monkeypatch, driver, re
     assert device.resolve() == "cpu"
 
 
-def test_device_without_any_gpu_is_cpu(monkeypatch):
-    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+def test_device_without_any_gpu_is_cpu(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", f"{fake_nvidia_smi(tmp_path / 'bin', None)}:/usr/bin:/bin")
     monkeypatch.delenv(device.DEVICE_ENV, raising=False)
-    if device.nvidia_smi() is None:
-        assert device.resolve() == "cpu"
+    assert device.nvidia_smi() is None and device.resolve() == "cpu"
     monkeypatch.setenv(device.DEVICE_ENV, "tpu")
     with pytest.raises(device.DeviceError, match="use cpu or gpu"):
         device.resolve()
@@ -96,9 +97,7 @@ def test_serve_refuses_to_fall_back_to_cpu(tmp_path):
     (None, 0, "setup: checks passed (cpu)"),
 ])
 def test_setup_checks_the_driver_first(tmp_path, driver, code, says):
-    env = host_env(fake_nvidia_smi(tmp_path / "bin", driver) if driver else None)
-    if driver is None:
-        env["PATH"] = "/usr/bin:/bin"
+    env = host_env(fake_nvidia_smi(tmp_path / "bin", driver))
     env.update(MIXKV_SETUP_CHECK_ONLY="1", VENV=str(tmp_path / "venv"))
     r = subprocess.run(["bash", "scripts/setup.sh"], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=60)

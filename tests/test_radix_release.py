@@ -139,6 +139,21 @@ def test_plugin_registers_both_hooks():
         assert hasattr(pkgutil.resolve_name(obj), attr)  # the target exists in this SGLang
 
 
+def _sglang_evicted_below(pre_len: int, window: int, page: int) -> int:
+    """Where SGLang's own ``free_swa_out_of_window_slots`` (radix-cache case) moves a fresh
+    request's ``swa_evicted_seqlen`` when its KV reaches ``pre_len``."""
+    import torch
+    from sglang.srt.mem_cache.common import free_swa_out_of_window_slots
+
+    NS = SimpleNamespace
+    req = NS(kv=NS(swa_evicted_seqlen=0), cache_protected_len=0, req_pool_idx=0)
+    free_swa_out_of_window_slots(
+        req, pre_len, sliding_window_size=window, page_size=page,
+        req_to_token_pool=NS(req_to_token=torch.arange(pre_len + 1).view(1, -1)),
+        token_to_kv_pool_allocator=NS(free_swa=lambda slots: None))
+    return req.kv.swa_evicted_seqlen
+
+
 def test_threshold_matches_sglangs_own_eviction():
     """The release threshold is the one SGLang frees a request's own tokens below."""
     from sglang_mixkv.sglang_seams.radix import out_of_window_threshold
@@ -146,6 +161,11 @@ def test_threshold_matches_sglangs_own_eviction():
     assert out_of_window_threshold(100, 31, 1) == 69
     assert out_of_window_threshold(100, 31, 16) == 64
     assert out_of_window_threshold(100, 8, 16) == 80  # keeps at least a page
+    for pre_len, window, page in [(100, 31, 1), (100, 31, 16), (100, 8, 16), (77, 7, 4),
+                                  (5000, 1023, 16), (1000, 1023, 16), (1024, 1023, 1)]:
+        ours = out_of_window_threshold(pre_len, window, page)
+        # below zero (the whole KV still in the window): SGLang frees nothing either
+        assert max(0, ours) == _sglang_evicted_below(pre_len, window, page), (pre_len, window, page)
 
 
 # ---- real servers ----------------------------------------------------------------------
