@@ -18,12 +18,13 @@ WORKDIR /opt/sglang-mixkv
 COPY pyproject.toml README.md ./
 COPY sglang_mixkv ./sglang_mixkv
 COPY harness ./harness
+COPY mixkv_bench ./mixkv_bench
 # The image already has sglang, torch and flashinfer; this adds only our package, its
 # plugin entry point (SGLang loads it in every process) and its light dependencies.
 # PIP_BREAK_SYSTEM_PACKAGES: the image's Python may be marked "externally managed"
 # (PEP 668), which makes a plain `pip install` refuse; pips without PEP 668 ignore it.
 RUN PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir . \
- && python3 -c "import sglang_mixkv.sglang_seams.pools, sglang_mixkv.sglang_seams.triton, importlib.metadata as m; \
+ && python3 -c "import sglang_mixkv.sglang_seams.mixkv.pools, sglang_mixkv.sglang_seams.mixkv.triton, importlib.metadata as m; \
 assert any(e.name == 'mixkv' for e in m.entry_points(group='sglang.srt.plugins'))"
 
 ENV MIXKV_SIZE=paper \

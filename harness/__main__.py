@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.client import API_KEY_ENV
+from sglang_mixkv.defaults import API_KEY_ENV
 from harness.workload import PROFILES, IdRange
 
 

@@ -33,6 +33,7 @@ from typing import Any, Callable, Protocol
 import aiohttp
 
 from harness.workload import Request
+from sglang_mixkv.defaults import auth_headers
 
 try:  # a faster parser when present (SGLang installs it); plain json otherwise
     import orjson
@@ -253,47 +254,6 @@ async def send(session: aiohttp.ClientSession, url: str, api: Api, req: Request,
     rec.ok = rec.ok and rec.error is None
     rec.finish(clock())
     return rec
-
-
-#: Environment variable holding the server's API key (``--api-key``'s default).
-API_KEY_ENV = "MIXKV_API_KEY"
-
-
-def auth_headers(api_key: str | None) -> dict[str, str]:
-    """``Authorization: Bearer KEY`` (SGLang's and OpenAI's scheme), or nothing."""
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
-
-
-def redact_argv(argv: list[str]) -> list[str]:
-    """``argv`` with the value of ``--api-key`` replaced, for results files and logs."""
-    out = list(argv)
-    for i, a in enumerate(out):
-        if a.startswith("--api-key="):
-            out[i] = "--api-key=***"
-        elif i and out[i - 1] == "--api-key":
-            out[i] = "***"
-    return out
-
-
-#: ``/server_info`` fields that hold secrets (SGLang returns its whole ServerArgs,
-#: ``entrypoints/http_server.py:781-797``).
-SECRET_FIELDS = ("api_key", "admin_api_key")
-
-
-def redact_server_info(info):
-    """``/server_info`` as written to results files: secret fields replaced by ``***``
-    (nested dicts too; anything else unchanged)."""
-    if isinstance(info, dict):
-        return {k: ("***" if k in SECRET_FIELDS and v else redact_server_info(v))
-                for k, v in info.items()}
-    if isinstance(info, list):
-        return [redact_server_info(v) for v in info]
-    return info
-
-
-def redact_text(text: str, secret: str | None) -> str:
-    """``text`` with every occurrence of ``secret`` replaced by ``***``."""
-    return text.replace(secret, "***") if secret else text
 
 
 def make_session(concurrency: int, api_key: str | None = None) -> aiohttp.ClientSession:

@@ -34,6 +34,7 @@ import aiohttp
 from tqdm import tqdm
 
 from harness import client, sampler, sysinfo
+from sglang_mixkv.defaults import API_KEY_ENV, redact_argv, redact_server_info
 from harness.workload import IdRange, Request, arrival_offsets, make_requests
 
 JSONL = "requests.jsonl"
@@ -133,7 +134,7 @@ async def check_auth(session: aiohttp.ClientSession, url: str) -> None:
         return
     if status in (401, 403):
         raise StartupError(f"{url} refused the run's requests (HTTP {status}): it wants an API "
-                           f"key; pass --api-key KEY or set {client.API_KEY_ENV}")
+                           f"key; pass --api-key KEY or set {API_KEY_ENV}")
 
 
 async def discover_vocab(session: aiohttp.ClientSession, url: str) -> int | None:
@@ -239,7 +240,7 @@ async def run(cfg: RunConfig, argv: list[str] | None = None) -> Path:
         for name, obj in (("server_info", server_info), ("model_info", model_info)):
             if obj is not None:
                 (cfg.out / f"{name}.json").write_text(
-                    json.dumps(client.redact_server_info(obj), indent=2, default=str))
+                    json.dumps(redact_server_info(obj), indent=2, default=str))
         if cfg.id_range is None:
             vocab = cfg.vocab_size or await discover_vocab(session, cfg.url)
             if vocab is None:
@@ -253,7 +254,7 @@ async def run(cfg: RunConfig, argv: list[str] | None = None) -> Path:
         meta = {"status": "running", "label": cfg.label, "config": cfg.to_json(),
                 "probe": answered, "flush": {}, "levels_done": [], "levels": [],
                 "started_unix": time.time(),
-                **sysinfo.collect(client.redact_argv(sys.argv if argv is None else argv))}
+                **sysinfo.collect(redact_argv(sys.argv if argv is None else argv))}
         t0 = time.perf_counter()  # the run's clock: level windows and timeline samples
         timeline = sampler.Sampler(cfg.url, cfg.out / sampler.TIMELINE, cfg.metrics_interval, t0)
         note = await timeline.start() if cfg.metrics else "no server timeline (--no-metrics)"

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -63,50 +64,84 @@ def kill_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
             return
 
 
-@contextlib.contextmanager
-def launched(cmd: list[str], url: str, log: Path, timeout: float = 600.0,
-             env: dict | None = None) -> Iterator[subprocess.Popen]:
-    """Run ``cmd`` (output to ``log``) until ``GET url/health`` answers 200; yield the
-    process; kill its process group on exit. Raises RuntimeError if it dies or times out,
-    :class:`AddressInUse` as soon as its log says its port is taken."""
+@dataclass
+class Started:
+    """A server started by :func:`start`: its URL, its process (the group leader) and its
+    log. ``stop()`` kills the whole process group."""
+
+    url: str
+    proc: subprocess.Popen
+    log: Path
+
+    def stop(self) -> None:
+        kill_group(self.proc)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+def start(cmd: list[str], url: str, log: Path, timeout: float = 600.0, env: dict | None = None,
+          cwd: str | Path | None = None) -> Started:
+    """Run ``cmd`` (output to ``log``, own process group) until ``GET url/health``
+    answers 200. On failure the group is killed and RuntimeError raised (with the log's
+    tail), :class:`AddressInUse` as soon as the log says the port is taken."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, **(env or {})})
+                                env={**os.environ, **(env or {})}, cwd=cwd)
     try:
         deadline = time.monotonic() + timeout
         while not healthy(url):
+            tail = log.read_text(errors="replace")
             if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}; see {log}")
+                raise RuntimeError(f"server exited with {proc.returncode}; see {log}:\n{tail[-4000:]}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"server not healthy after {timeout:g} s; see {log}")
-            if ADDRESS_IN_USE in log.read_text(errors="replace").lower():
+                raise RuntimeError(f"server not healthy after {timeout:g} s; see {log}:\n{tail[-4000:]}")
+            if ADDRESS_IN_USE in tail.lower():
                 raise AddressInUse(f"{url}: port taken before the server bound it; see {log}")
             time.sleep(1.0)
-        yield proc
-    finally:
+    except BaseException:
         kill_group(proc)
+        raise
+    return Started(url, proc, log)
+
+
+def start_on_free_port(make_cmd: Callable[[int], list[str]], log: Path, timeout: float = 600.0,
+                       env: dict | None = None, attempts: int = 3, host: str = "127.0.0.1",
+                       cwd: str | Path | None = None) -> Started:
+    """:func:`start` on a free port (``make_cmd(port)`` builds the command). A port taken
+    between the check and the server's bind means a new port and a new start, up to
+    ``attempts`` times."""
+    for attempt in range(attempts):
+        port = free_port()
+        try:
+            return start(make_cmd(port), f"http://{host}:{port}", log, timeout, env, cwd)
+        except AddressInUse:
+            if attempt == attempts - 1:
+                raise
+            print(f"port {port} was taken before the server bound it; starting again on another",
+                  flush=True)
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def launched(cmd: list[str], url: str, log: Path, timeout: float = 600.0,
+             env: dict | None = None) -> Iterator[subprocess.Popen]:
+    """:func:`start` for the duration of a ``with`` block; yields the process."""
+    server = start(cmd, url, log, timeout, env)
+    try:
+        yield server.proc
+    finally:
+        server.stop()
 
 
 @contextlib.contextmanager
 def launched_on_free_port(make_cmd: Callable[[int], list[str]], log: Path, timeout: float = 600.0,
                           env: dict | None = None, attempts: int = 3,
                           host: str = "127.0.0.1") -> Iterator[str]:
-    """:func:`launched` on a free port (``make_cmd(port)`` builds the command); yield the
-    URL. A port taken between the check and the server's bind means a new port and a new
-    start, up to ``attempts`` times."""
-    for attempt in range(attempts):
-        port = free_port()
-        url = f"http://{host}:{port}"
-        stack = contextlib.ExitStack()
-        try:
-            stack.enter_context(launched(make_cmd(port), url, log, timeout, env))
-        except AddressInUse:
-            if attempt == attempts - 1:
-                raise
-            print(f"port {port} was taken before the server bound it; starting again on another",
-                  flush=True)
-            continue
-        with stack:
-            yield url
-        return
+    """:func:`start_on_free_port` for the duration of a ``with`` block; yields the URL."""
+    server = start_on_free_port(make_cmd, log, timeout, env, attempts, host)
+    try:
+        yield server.url
+    finally:
+        server.stop()

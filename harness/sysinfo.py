@@ -1,7 +1,8 @@
 """Provenance for every results file: command, git commit, versions, hardware.
 
 Versions are read from package metadata (``importlib.metadata``), never by importing
-the packages, so the harness stays free of sglang/torch imports.
+the packages, so the harness stays free of sglang/torch imports. GPUs come from
+``sglang_mixkv.device.nvidia_smi`` (the one nvidia-smi query; standard library only).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+
+from sglang_mixkv.device import nvidia_smi
 
 PACKAGES = ("sglang", "vllm", "torch", "aiohttp", "numpy", "pandas", "orjson", "matplotlib")
 
@@ -58,8 +61,8 @@ def hardware() -> dict:
         hw["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError):
         pass
-    gpus = _run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"])
-    hw["gpus"] = gpus.splitlines() if gpus else []
+    smi = nvidia_smi()
+    hw["gpus"] = smi.gpus if smi else []
     return hw
 
 

@@ -29,8 +29,8 @@ sys.path.insert(0, str(REPO))
 
 from harness.sysinfo import collect  # noqa: E402
 from sglang_mixkv.plan import resolve  # noqa: E402
-from sglang_mixkv.serve import DEFAULTS  # noqa: E402
-from sglang_mixkv.sizes import get_size  # noqa: E402
+from sglang_mixkv.defaults import serve_default  # noqa: E402
+from sglang_mixkv.model_folder import get_size  # noqa: E402
 
 MODES = {"on": "", "off": "--no-fast-prefill"}
 
@@ -71,7 +71,7 @@ def rows(a: argparse.Namespace) -> pd.DataFrame:
 def report(a: argparse.Namespace) -> str:
     df = rows(a)
     size = get_size(a.size)
-    chunk = DEFAULTS[a.size]["--chunked-prefill-size"]  # bench passes no chunk flag of its own
+    chunk = serve_default(a.size, "--chunked-prefill-size")  # bench passes no chunk flag of its own
     on, off = (df[df["mode"] == m].set_index("plan") for m in ("on", "off"))
     both = on.index.intersection(off.index)
     table = pd.DataFrame({

@@ -4,7 +4,7 @@ never typed in:
 * between ``<!-- results:begin -->`` and ``<!-- results:end -->``: the committed reports
   given as arguments (header bullets and every table);
 * with ``--roofline``, between ``<!-- roofline:begin -->`` and ``<!-- roofline:end -->``:
-  the H100 projection of the paper's test from :mod:`sglang_mixkv.roofline` (a model,
+  the H100 projection of the paper's test from :mod:`mixkv_bench.roofline` (a model,
   with its assumptions).
 
     .venv/bin/python scripts/readme_results.py results/bench-cpu results/capacity-cpu --roofline
@@ -52,8 +52,8 @@ def roofline_section() -> str:
     import inspect
 
     from sglang_mixkv import plan as plans
-    from sglang_mixkv import roofline as rl
-    from sglang_mixkv.sizes import get_size
+    from mixkv_bench import roofline as rl
+    from sglang_mixkv.model_folder import get_size
 
     size, wl = get_size("paper"), rl.WORKLOADS["paper"]
     hw = rl.gpu("H100").achieving(*rl.ACHIEVABLE)

@@ -3,7 +3,7 @@
 # of this script and its requirement files makes a second run a no-op.
 #
 #   GPU (nvidia-smi works): sglang==0.5.17 with its own dependencies (CUDA torch 2.11).
-#   CPU: DESIGN.md section 5 - CPU torch 2.13.0 first, sglang without its CUDA deps,
+#   CPU: docs/design.md §9 - CPU torch 2.13.0 first, sglang without its CUDA deps,
 #        the pure-Python list under a constraint that pins torch, and a torchvision
 #        schema shim as the venv's sitecustomize.
 set -euo pipefail

@@ -28,8 +28,11 @@ class DeviceError(RuntimeError):
 
 @dataclass(frozen=True)
 class NvidiaSmi:
-    gpus: list[str]  # one line per GPU, as ``nvidia-smi -L`` prints it
-    driver: str | None  # as nvidia-smi prints it, e.g. "580.65.06"
+    """What ``nvidia-smi`` reports: one ``"name, memory"`` line per GPU (e.g.
+    ``"NVIDIA H100 80GB HBM3, 81559 MiB"``) and the driver version (e.g. ``"580.65.06"``)."""
+
+    gpus: list[str]
+    driver: str | None
 
     @property
     def driver_major(self) -> int | None:
@@ -37,21 +40,24 @@ class NvidiaSmi:
 
 
 def nvidia_smi() -> NvidiaSmi | None:
-    """What ``nvidia-smi`` reports, or None if it is missing or fails (no GPU)."""
+    """One ``nvidia-smi`` query; None if it is missing, fails or lists no GPU.
+
+    The one place the project runs nvidia-smi: ``serve``'s device choice and the
+    hardware recorded in results files (``harness.sysinfo``) both read it here."""
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return None
     try:
-        listed = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=30)
-        version = subprocess.run([exe, "--query-gpu=driver_version", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=30)
+        r = subprocess.run([exe, "--query-gpu=name,memory.total,driver_version",
+                            "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    gpus = [line for line in listed.stdout.splitlines() if line.startswith("GPU ")]
-    if listed.returncode != 0 or not gpus:
+    rows = [[c.strip() for c in line.split(",")] for line in r.stdout.splitlines()
+            if line.count(",") >= 2]
+    if r.returncode != 0 or not rows:
         return None
-    m = re.match(r"\s*(\d+(?:\.\d+)*)", version.stdout)
-    return NvidiaSmi(gpus, m.group(1) if m else None)
+    m = re.match(r"\s*(\d+(?:\.\d+)*)", rows[0][-1])
+    return NvidiaSmi([", ".join(row[:-1]) for row in rows], m.group(1) if m else None)
 
 
 def _torch_cuda() -> tuple[bool, str]:

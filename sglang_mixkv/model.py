@@ -15,7 +15,9 @@ Llama-style pre-norm blocks with GQA. Each layer follows the plan in ``config.js
 
 The KV pool (producers only, windowed local pool) is sized and built by SGLang from
 the ``is_hybrid_swa`` / ``hybrid_layer_pattern`` config fields plus our pool
-configurator in :mod:`sglang_mixkv.sglang_seams`; the model never touches it.
+configurator (``sglang_seams/mixkv/pools.py``); the model never touches it. What the
+model needs of SGLang beyond its layers (which rows fast prefill computes, the narrowed
+batch it attends with) comes from ``sglang_seams/mixkv/fast_prefill.py``.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from sglang.srt.utils import add_prefix
 
 from sglang_mixkv import plan as plans
 from sglang_mixkv.rope import Rope
-from sglang_mixkv.sglang_seams import fast_prefill
+from sglang_mixkv.sglang_seams.mixkv import fast_prefill
 
 logger = logging.getLogger(__name__)
 
@@ -213,11 +215,12 @@ class MixAttentionModel(nn.Module):
         # SGLang's weight loading and PP code read these.
         self.start_layer, self.end_layer = 0, len(self.layers)
 
-        # Layers from here on own no KV (None: the last layer is a producer, or fast
-        # prefill is off): see forward_tail_rows.
-        self.tail_start = plan.tail[0] if plan.tail and fast_prefill.enabled() else None
+        # Layers from here on own no KV (None: the last layer is a producer, or the
+        # config turns fast prefill off): see forward_tail_rows.
+        self.tail_start = plan.tail[0] if plan.tail and fast_prefill.enabled(config) else None
         #: the producers the tail reads: the only K/V it needs at its rows
         self.tail_sources = sorted({plan.layers[i].source for i in plan.tail})
+        self.log_tail = fast_prefill.log_enabled()
 
     def forward(self, input_ids, positions, forward_batch, input_embeds=None):
         """Every layer on every row; the final-norm hidden states [tokens, hidden]."""
@@ -235,12 +238,9 @@ class MixAttentionModel(nn.Module):
 
         The tail attends with a narrowed copy of the batch (``rows`` as the extend, the
         rest as cached prefix, written by the producers above) and the producers' K/V of
-        those rows. The attention backend's metadata is planned for that copy and
-        re-planned for ``forward_batch`` afterwards (backends keep it in buffers they
-        reuse). Returns [tokens, hidden] with the final norm applied at ``rows`` and
-        zeros elsewhere."""
-        from sglang.srt.model_executor.forward_context import get_attn_backend
-
+        those rows (:func:`fast_prefill.attending_with` plans the backend for it).
+        Returns [tokens, hidden] with the final norm applied at ``rows`` and zeros
+        elsewhere."""
         hidden = self.embed_tokens(input_ids) if input_embeds is None else input_embeds
         kv: ProducerKV = {}
         t = self.tail_start
@@ -248,17 +248,12 @@ class MixAttentionModel(nn.Module):
         idx = rows.index
         out = hidden.new_zeros(hidden.shape)
         if len(idx):  # else every request is in a middle chunk: nothing is read
-            view = fast_prefill.narrowed(forward_batch, rows)
             kv_rows = {src: (kv[src][0][idx], kv[src][1][idx]) for src in self.tail_sources}
-            backend = get_attn_backend()
-            backend.init_forward_metadata(view)
-            try:
+            with fast_prefill.attending_with(forward_batch, rows) as view:
                 h, r = self._run(self.layers[t:], view.positions, hidden[idx], residual[idx],
                                  view, kv_rows)
-            finally:
-                backend.init_forward_metadata(forward_batch)
             out[idx], _ = self.norm(h, r)
-        if fast_prefill.LOG:
+        if self.log_tail:
             logger.info("mixkv fast prefill: tail layers %d-%d ran on %d of %d rows", t,
                         len(self.layers) - 1, len(idx), hidden.shape[0])
         return out

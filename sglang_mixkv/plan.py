@@ -8,7 +8,7 @@ which owns no KV and attends over its producer's). One letter per layer:
     L  local producer           l  local consumer  (reads the nearest earlier L)
 
 A consumer may name its producer explicitly: ``g0`` reads layer 0. Spaces, ``_`` and
-``|`` are ignored, so ``"GLlLll gLlLll"`` reads like the tables in DESIGN.md.
+``|`` are ignored, so ``"GLlLll gLlLll"`` reads like the preset tables.
 
 Invariants of a :class:`Plan` (checked on construction, so every Plan is valid):
 it is non-empty, layer 0 is a producer, and every consumer's source is an earlier
@@ -136,7 +136,7 @@ class Plan:
         return "".join(out)
 
     def pretty(self, period: int = 6) -> str:
-        """The plan string in blocks of ``period`` letters, as DESIGN.md prints it."""
+        """The plan string in blocks of ``period`` letters, as the README prints it."""
         tokens = re.findall(r"[GgLl]\d*", str(self))
         return " ".join("".join(tokens[i : i + period]) for i in range(0, len(tokens), period))
 
@@ -320,3 +320,24 @@ def from_config(config: Mapping[str, Any] | Any) -> Plan:
             f"config field is_hybrid_swa={get('is_hybrid_swa')} disagrees with mixkv_plan {text!r}"
         )
     return plan
+
+
+# ---- which served models are ours ------------------------------------------------------
+def is_mixkv(hf_config: Any) -> bool:
+    """Whether SGLang is serving a model whose KV layout a plan describes (today: our
+    ``MixAttentionForCausalLM`` folders, which carry ``mixkv_plan``)."""
+    return plan_for(hf_config) is not None
+
+
+def plan_for(hf_config: Any) -> Plan | None:
+    """The plan of the model SGLang loaded (an HF ``PretrainedConfig`` or a dict), or
+    None for a model whose KV layout the seams leave to SGLang.
+
+    The one place a served config becomes a plan: pools, radix cache and attention
+    backends ask here, never the config fields themselves. Raises PlanError for a
+    MixAttention config whose fields disagree."""
+    get = hf_config.get if isinstance(hf_config, Mapping) else (
+        lambda k, d=None: getattr(hf_config, k, d))
+    if get("mixkv_plan") is None:
+        return None
+    return from_config(hf_config)

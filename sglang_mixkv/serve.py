@@ -18,23 +18,15 @@ import re
 import sys
 from pathlib import Path
 
-from harness.client import API_KEY_ENV, redact_argv
 from sglang_mixkv import device
 from sglang_mixkv import plan as plans
-from sglang_mixkv.capacity import parse_bytes
-from sglang_mixkv.sglang_seams import fast_prefill
-from sglang_mixkv.sizes import SIZES, get_size, with_kv_heads, write_model_folder
+from sglang_mixkv.defaults import (API_KEY_ENV, CPU_KV_BUDGET, KV_BUDGET_ENV, MODELS_ENV,
+                                   SERVE_DEFAULTS, SIZE_ENV, eviction_interval, parse_bytes,
+                                   redact_argv)
+from sglang_mixkv.model_folder import SIZES, get_size, with_kv_heads, write_model_folder
+from sglang_mixkv.sglang_seams import launch
 
 REPO = Path(__file__).resolve().parent.parent
-#: The pool configurator caps the KV budget at this many bytes when set (CPU runs and
-#: capacity checks use it to get the same budget on any machine).
-KV_BUDGET_ENV = "MIXKV_KV_BUDGET_BYTES"
-
-CPU_KV_BUDGET = "1GiB"
-DEFAULTS = {  # size -> sglang flag defaults (the user's flags win)
-    "tiny": {"--max-running-requests": "32", "--chunked-prefill-size": "256"},
-    "paper": {"--max-running-requests": "300", "--chunked-prefill-size": "8192"},
-}
 
 
 def has_gpu() -> bool:
@@ -48,92 +40,8 @@ def default_model_dir(size: str, plan_spec: str, seed: int, weights: bool,
     slug = plan_spec if plan_spec in plans.PRESETS else "plan-" + re.sub(r"[^A-Za-z0-9]", "", plan_spec)
     if kv_heads is not None:
         slug += f"-kv{kv_heads}"
-    root = Path(os.environ.get("MIXKV_MODELS", REPO / "models"))
+    root = Path(os.environ.get(MODELS_ENV, REPO / "models"))
     return root / f"{size}-{slug}-{f'seed{seed}' if weights else 'dummy'}"
-
-
-def eviction_interval(window: int) -> int:
-    """Decode steps between out-of-window evictions: 16 per window, at most SGLang's 128.
-    Each running request's local pool share is one window plus this (see
-    ``capacity.local_per_request``), so it is the pool's slack over the formula."""
-    return max(1, min(128, window // 16))
-
-
-def flag_given(flags: list[str], name: str) -> bool:
-    return any(f == name or f.startswith(name + "=") for f in flags)
-
-
-def flag_value(flags: list[str], name: str) -> str | None:
-    """The value of ``--name V`` / ``--name=V`` (the last one wins, as in argparse)."""
-    value = None
-    for i, f in enumerate(flags):
-        if f == name and i + 1 < len(flags):
-            value = flags[i + 1]
-        elif f.startswith(name + "="):
-            value = f.split("=", 1)[1]
-    return value
-
-
-def flashinfer_env(plan: plans.Plan, flags: list[str]) -> dict[str, str]:
-    """Keep flashinfer's prefill on its paged path for plans with local layers.
-
-    SGLang 0.5.17's flashinfer backend runs an extend without a cached prefix through
-    its ragged wrapper, planned (``layers/attention/flashinfer_backend.py:2115``) and
-    called (:1344-1355) without ``window_left``: local layers would attend past the
-    window inside a chunk. The paged path (``SGLANG_FLASHINFER_USE_PAGED=1``,
-    :418, :959-963) plans ``window_left`` for the SWA wrapper (:1891-1933, :2186-2188)
-    and reads a consumer's K/V from its producer's cache, written earlier in the same
-    forward pass. Raises ValueError if the user turned the paged path off."""
-    backends = {flag_value(flags, f) for f in
-                ("--attention-backend", "--prefill-attention-backend")}
-    if "flashinfer" not in backends or not plan.local_producers:
-        return {}
-    if os.environ.get("SGLANG_FLASHINFER_USE_PAGED", "").lower() in ("0", "false", "no"):
-        raise ValueError(
-            "flashinfer with local (sliding-window) layers needs SGLANG_FLASHINFER_USE_PAGED=1: "
-            "SGLang 0.5.17's ragged prefill ignores the window; unset it or use "
-            "--attention-backend triton"
-        )
-    return {"SGLANG_FLASHINFER_USE_PAGED": "1"}
-
-
-def fast_prefill_settings(plan: plans.Plan, flags: list[str], on: bool,
-                          gpu: bool) -> tuple[dict[str, str], list[str]]:
-    """Fast prefill's switch for the server (environment, extra flags); on a GPU its
-    one condition.
-
-    SGLang 0.5.17 captures prefill in breakable CUDA graphs by default on CUDA, for
-    every chunk up to ``--chunked-prefill-size`` tokens
-    (``model_executor/cuda_graph_config.py:110-120``, ``server_args.py:4724-4729``), and
-    replays the captured layer stack whole with the graph's own batch
-    (``runner/prefill_cuda_graph_runner.py:1606-1659``, ``layers/radix_attention.py:169-277``):
-    a batch inside a graph takes the full path. So on a GPU, with fast prefill on and
-    layers to skip, serve turns prefill graphs off (``--disable-prefill-cuda-graph``;
-    at thousands of tokens per chunk they save only kernel launches) unless the user
-    chose a prefill graph setting. Decode graphs are untouched."""
-    if not on:
-        return {fast_prefill.ENV: "0"}, []
-    if gpu and plan.tail and not any(flag_given(flags, f) for f in (
-            "--disable-prefill-cuda-graph", "--cuda-graph-backend-prefill",
-            "--cuda-graph-config", "--disable-cuda-graph")):
-        return {}, ["--disable-prefill-cuda-graph"]
-    return {}, []
-
-
-def cpu_tp_env(flags: list[str]) -> dict[str, str]:
-    """``--tp-size N`` on a CPU: one core set per rank (SGLang refuses tp > NUMA nodes
-    unless ``SGLANG_CPU_OMP_THREADS_BIND`` gives each rank its cores, e.g. ``0|1``)."""
-    tp = int(flag_value(flags, "--tp-size") or flag_value(flags, "--tp") or 1)
-    if tp <= 1 or "SGLANG_CPU_OMP_THREADS_BIND" in os.environ:
-        return {}
-    cores = sorted(os.sched_getaffinity(0))
-    if len(cores) < tp:
-        raise ValueError(f"--tp-size {tp} on a CPU needs at least {tp} cores, this machine "
-                         f"gives {len(cores)}")
-    per = len(cores) // tp
-    groups = [cores[r * per:(r + 1) * per] for r in range(tp)]
-    return {"SGLANG_CPU_OMP_THREADS_BIND": "|".join(
-        f"{g[0]}-{g[-1]}" if len(g) > 1 else str(g[0]) for g in groups)}
 
 
 def build_command(args: argparse.Namespace, sglang_flags: list[str]) -> tuple[list[str], dict, Path]:
@@ -159,29 +67,21 @@ def build_command(args: argparse.Namespace, sglang_flags: list[str]) -> tuple[li
     gpu = has_gpu()
 
     flags = list(sglang_flags)
-    defaults: dict[str, str | None] = dict(DEFAULTS.get(size.name, {}))
+    defaults: dict[str, str | None] = dict(SERVE_DEFAULTS.get(size.name, {}))
     if cfg.get("mixkv_weights") is None:
         defaults["--load-format"] = "dummy"
     # SGLang's "auto" dtype serves a float32 checkpoint in float16; keep the config's.
     defaults["--dtype"] = cfg.get("torch_dtype", "auto")
-    if gpu:
-        defaults["--attention-backend"] = "triton"
-    else:
-        # SGLang's scheduler busy-polls when idle; on a small CPU box that starves the
-        # forward passes of whatever else runs (the harness, a second server).
-        defaults.update({"--device": "cpu", "--attention-backend": "torch_native",
-                         "--sleep-on-idle": None})
+    defaults.update(launch.device_defaults(gpu))
     defaults.update({"--host": args.host, "--port": str(args.port)})
     for name, value in defaults.items():
-        if not flag_given(flags, name):
+        if not launch.flag_given(flags, name):
             flags += [name] if value is None else [name, value]
 
-    env = flashinfer_env(plan, flags)
-    fp_env, fp_flags = fast_prefill_settings(plan, flags, args.fast_prefill, gpu)
-    env.update(fp_env)
-    flags += fp_flags
+    env = launch.flashinfer_env(plan, flags)
+    flags = launch.fast_prefill_flags(plan, flags, args.fast_prefill, gpu)
     if not gpu:
-        env.update(cpu_tp_env(flags))
+        env.update(launch.cpu_tp_env(flags))
     if not gpu and "OMP_NUM_THREADS" not in os.environ:
         # One intra-op thread: with two, any other busy process (the harness, a test)
         # stalls every parallel region of the forward pass (measured: ~19x slower).
@@ -191,7 +91,7 @@ def build_command(args: argparse.Namespace, sglang_flags: list[str]) -> tuple[li
         window = int(cfg.get("sliding_window") or size.window)
         env["SGLANG_SWA_EVICTION_INTERVAL"] = str(eviction_interval(window))
     kv_budget = args.kv_budget
-    if kv_budget is None and not gpu and not flag_given(flags, "--max-total-tokens"):
+    if kv_budget is None and not gpu and not launch.flag_given(flags, "--max-total-tokens"):
         kv_budget = CPU_KV_BUDGET  # else SGLang would size the pool from free RAM
     if kv_budget:
         env[KV_BUDGET_ENV] = str(parse_bytes(kv_budget))
@@ -209,7 +109,7 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--plan", help="preset (%s) or plan string, e.g. LlLlLlLlLlLg; default ma"
                     % ", ".join(plans.PRESET_NAMES))
-    ap.add_argument("--size", default=os.environ.get("MIXKV_SIZE", "tiny"), choices=list(SIZES),
+    ap.add_argument("--size", default=os.environ.get(SIZE_ENV, "tiny"), choices=list(SIZES),
                     help="model size (default: $MIXKV_SIZE or tiny)")
     ap.add_argument("--model-path", help="model folder; written here if it has no config.json")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random weights")

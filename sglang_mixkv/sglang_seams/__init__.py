@@ -1,72 +1,116 @@
 """Every place sglang-mixkv reaches into SGLang 0.5.17: an SGLang upgrade looks here.
 
 SGLang runs :func:`register` in the launcher and in every scheduler process (entry
-point ``mixkv`` in group ``sglang.srt.plugins``, see ``pyproject.toml``). One module
-per seam:
+point ``mixkv`` in group ``sglang.srt.plugins``, see ``pyproject.toml``); it registers
+our model class, two attention backends and every hook of :func:`hooks`, one list.
+Two rooms:
 
-- here: registers :class:`~sglang_mixkv.model.MixAttentionForCausalLM` in SGLang's
-  model registry, and on a machine without CUDA keeps SGLang's RotaryEmbedding on its
-  plain-torch path (stock 0.5.17 imports ``vllm._custom_ops`` there);
-- :mod:`.pools`: sizes the KV pools of MixAttention models - buffers for producer layers
-  only, a window-bounded local pool, the rest to the global pool;
-- :mod:`.radix`: the SWA radix cache releases a request's cached local KV as it leaves
-  the request's window, so a running request pins one window;
-- :mod:`.torch_native`: the ``torch_native`` backend, reading SWA layers through the
-  full->SWA index map and gathering only the window;
-- :mod:`.triton`: the ``triton`` backend (the GPU default), decode over W keys like
-  extend, and no window lists for plans without local layers;
-- :mod:`.fast_prefill`: which rows of an extend batch the consumer-only tail must
-  compute, the narrowed batch it attends with, and which chunks are a request's last;
-- :mod:`.validation`: token ids and vocabulary-sized options outside the vocabulary get
-  a 400 before anything reaches the scheduler (stock 0.5.17 lets them kill the server);
-- :mod:`.crash_fixes`: valid requests that stopped stock 0.5.17's scheduler (grammars on
-  CPU, ``token_ids_logprob`` beside requests without it, all-masked logit rows).
+``mixkv/``: seams for models a plan describes (``plan.plan_for(hf_config)`` is not
+None); every other model passes through them unchanged.
 
-The model, pools, radix cache, triton window and fast prefill act on MixAttention models
-only; validation, the crash fixes and the torch_native/rotary fixes apply to any model
-served with this plugin installed.
+- :mod:`.mixkv.pools`: KV pools with buffers for producer layers only, a
+  window-bounded local pool, the rest to the global pool;
+- :mod:`.mixkv.radix`: the SWA radix cache releases a request's cached local KV as it
+  leaves the request's window, so a running request pins one window;
+- :mod:`.mixkv.triton`: the ``triton`` backend (the GPU default) decodes over W keys
+  like its extend, and builds no window lists for plans without local layers;
+- :mod:`.mixkv.fast_prefill`: which rows of an extend batch the consumer-only tail
+  computes, the narrowed batch it attends with, which chunks are a request's last.
+
+``patches/``: fixes for any model served with this plugin installed.
+
+- :mod:`.patches.validation`: token ids and vocabulary-sized options out of range get a
+  400 before anything reaches the scheduler (stock 0.5.17 lets them kill the server);
+- :mod:`.patches.crash_fixes`: valid requests that stopped stock 0.5.17's scheduler;
+- :mod:`.patches.torch_native`: the ``torch_native`` backend reads SWA layers through
+  the full->SWA index map (stock reads them with full-pool indices) and honours windows;
+- :mod:`.patches.rotary_cpu`: SGLang's rotary embedding on plain torch without CUDA.
+
+:mod:`.launch` holds what ``serve`` must know about SGLang's command line.
 """
 
 from __future__ import annotations
 
-import torch
+from typing import Callable, NamedTuple
 
-from sglang_mixkv.sizes import ARCHITECTURE
+from sglang_mixkv.model_folder import ARCHITECTURE
+
+
+class Hook(NamedTuple):
+    """One ``HookRegistry`` entry: SGLang's dotted target, our function, BEFORE /
+    AFTER / AROUND / REPLACE."""
+
+    target: str
+    fn: Callable
+    kind: str
+
+
+def hooks(cuda: bool) -> list[Hook]:
+    """Every hook this plugin installs (``cuda``: whether torch sees a GPU)."""
+    from sglang_mixkv.sglang_seams.mixkv import fast_prefill, pools, radix
+    from sglang_mixkv.sglang_seams.patches import crash_fixes as fix
+    from sglang_mixkv.sglang_seams.patches import validation as val
+
+    listed = [
+        # mixkv/: planned models only
+        Hook(pools.POOL_CONFIGURATOR, pools.choose_pool_configurator, "AROUND"),
+        Hook(radix.RADIX_FACTORY, radix.radix_cache_factory, "AROUND"),
+        Hook(radix.EVICT_SWA, radix.evict_swa_then_release, "AROUND"),
+        Hook(fast_prefill.INIT_NEW, fast_prefill.mark_last_chunks, "AFTER"),
+        # patches/: every model
+        Hook(val.GENERATE_REQUEST, val.validate_generate_request, "AROUND"),
+        Hook(val.COMPLETION_TO_INTERNAL, val.validate_completion, "AFTER"),
+        Hook(val.CREATE_ABORT_TASK, val.validate_before_stream, "BEFORE"),
+        Hook(fix.TOKEN_IDS_LOGPROBS, fix.token_ids_logprobs_as_tensors, "AFTER"),
+        Hook(fix.SAMPLER_LOGITS, fix.no_all_masked_rows, "AROUND"),
+        Hook(fix.LOGPROB_META, fix.input_top_logprobs_always, "AFTER"),
+    ]
+    if not cuda:  # xgrammar's pinned bitmask and its CUDA kernel
+        listed += [Hook(fix.GRAMMAR_BITMASK, fix.unpinned_token_bitmask, "REPLACE"),
+                   Hook(fix.GRAMMAR_APPLY, fix.apply_vocab_mask_on_cpu, "AROUND")]
+    return listed
 
 
 def _torch_native(runner):
-    from sglang_mixkv.sglang_seams.torch_native import WindowedTorchNativeBackend
+    from sglang_mixkv.sglang_seams.patches.torch_native import WindowedTorchNativeBackend
 
     return WindowedTorchNativeBackend(runner)
 
 
 def _triton(runner):
-    from sglang_mixkv.sglang_seams.triton import WindowedTritonBackend
+    from sglang_mixkv.sglang_seams.mixkv.triton import WindowedTritonBackend
 
     if runner.model_config.is_encoder_decoder:
         raise ValueError("cross attention is not supported by the triton attention backend")
     return WindowedTritonBackend(runner)
 
 
+#: SGLang's ``--attention-backend`` names we replace, and the factories SGLang calls.
+ATTENTION_BACKENDS = {"torch_native": _torch_native, "triton": _triton}
+
+
+_registered = False
+
+
 def register() -> None:
-    """Plugin entry point. Idempotent."""
-    from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
+    """Plugin entry point; a second call in the same process does nothing
+    (``HookRegistry.register`` appends, so hooks must be registered once)."""
+    global _registered
+    if _registered:
+        return
+    _registered = True
+    import torch
+    from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS as BACKENDS
     from sglang.srt.models.registry import ModelRegistry
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     from sglang_mixkv.model import MixAttentionForCausalLM
-    from sglang_mixkv.sglang_seams import crash_fixes, fast_prefill, pools, radix, validation
+    from sglang_mixkv.sglang_seams.patches.rotary_cpu import use_plain_torch_rotary
 
+    cuda = torch.cuda.is_available()
     ModelRegistry.models[ARCHITECTURE] = MixAttentionForCausalLM
-    ATTENTION_BACKENDS["torch_native"] = _torch_native
-    ATTENTION_BACKENDS["triton"] = _triton
-    HookRegistry.register(pools.POOL_CONFIGURATOR, pools.choose_pool_configurator,
-                          HookType.AROUND)
-    radix.register(HookRegistry)
-    HookRegistry.register(fast_prefill.INIT_NEW, fast_prefill.mark_last_chunks, HookType.AFTER)
-    validation.register(HookRegistry)
-    crash_fixes.register(HookRegistry)
-    if not torch.cuda.is_available():
-        import sglang.srt.layers.rotary_embedding.base as rope_base
-
-        rope_base._is_cpu = True  # plain-torch rotary instead of vllm's kernel
+    BACKENDS.update(ATTENTION_BACKENDS)
+    for hook in hooks(cuda):
+        HookRegistry.register(hook.target, hook.fn, HookType[hook.kind])
+    if not cuda:
+        use_plain_torch_rotary()

@@ -1,0 +1,68 @@
+"""One of our servers per variant: its command, its lifetime, its ``/server_info``.
+
+The server runs in its own process group (:mod:`harness.server`); its log stays in the
+variant's folder with every key redacted once the server has stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterator
+
+import requests
+
+from harness.server import launched, launched_on_free_port
+from mixkv_bench.settings import DECODE_LOG_INTERVAL, SERVER_START_S, Settings
+from sglang_mixkv.defaults import API_KEY_ENV, auth_headers, redact_server_info, redact_text
+from sglang_mixkv.sglang_seams.launch import flag_given
+
+def server_command(plan: str, st: Settings, extra: list[str] = ()) -> tuple[list[str], str]:  # type: ignore[assignment]
+    """Our serve command for ``plan`` and the URL it will answer on."""
+    args = ["--plan", plan, "--size", st.size, "--port", str(st.port), "--enable-metrics"]
+    if st.kv_budget:
+        args += ["--kv-budget", st.kv_budget]
+    if st.mem_fraction:
+        args += ["--mem-fraction-static", str(st.mem_fraction)]
+    if st.max_running:
+        args += ["--max-running-requests", str(st.max_running)]
+    if st.kv_heads:
+        args += ["--kv-heads", str(st.kv_heads)]
+    if not flag_given([*st.server_args, *extra], "--decode-log-interval"):
+        # SGLang publishes its /metrics gauges (running, queued, pool usage) after each
+        # prefill batch and every this many decode steps (default 40: less than once per
+        # request of the CPU bench's 64 tokens); the timeline samples them.
+        args += ["--decode-log-interval", str(DECODE_LOG_INTERVAL)]
+    cmd = [sys.executable, "-m", "sglang_mixkv.serve", *args, *st.server_args, *extra]
+    return cmd, f"http://127.0.0.1:{st.port}"
+
+
+def save_server_info(url: str, out: Path) -> dict:
+    info = requests.get(url + "/server_info", headers=auth_headers(os.environ.get(API_KEY_ENV)),
+                        timeout=30).json()
+    out.write_text(json.dumps(redact_server_info(info), indent=1, default=str) + "\n")
+    return info
+
+
+@contextlib.contextmanager
+def served(plan: str, st: Settings, log: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Our server for ``plan`` (``env`` over ours) while the block runs; yields its URL.
+    ``st.port`` 0: a free port, and a new one (and a new start) if another process takes
+    it before the server binds it (SGLang would hang until the health timeout)."""
+    try:
+        if st.port:
+            cmd, url = server_command(plan, st)
+            with launched(cmd, url, log, timeout=SERVER_START_S, env=env):
+                yield url
+            return
+        with launched_on_free_port(lambda port: server_command(plan, replace(st, port=port))[0],
+                                   log, timeout=SERVER_START_S, env=env) as url:
+            yield url
+    finally:  # SGLang logs its arguments, an API key among them: keep it out of results
+        key = os.environ.get(API_KEY_ENV)
+        if key and log.exists():
+            log.write_text(redact_text(log.read_text(errors="replace"), key))

@@ -1,0 +1,181 @@
+"""KV memory arithmetic: bytes per token, request cost, what fits in a budget.
+
+Everything here is the *formula* side of the capacity comparison (``docs/design.md``,
+"KV memory"); the server side is what SGLang actually allocated (``/server_info``), and
+the run side is how many long requests the server held at once (``mixkv_bench.probe``).
+:func:`pool_split` is also what our pool configurator inside SGLang calls
+(``sglang_seams/mixkv/pools.py``); the tests hold both to numbers computed by hand and to
+what the running server reports.
+
+Per token of context, per request (K and V, every KV-owning layer):
+
+    global_bytes = 2 * kv_heads * head_dim * dtype_bytes * (#global producers)
+    local_bytes  = 2 * kv_heads * head_dim * dtype_bytes * (#local producers)
+
+and a request of T tokens costs ``T * global_bytes + min(T, W) * local_bytes``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sglang_mixkv import plan as plans
+from sglang_mixkv.defaults import eviction_interval, serve_default
+from sglang_mixkv.model_folder import ModelSize
+
+PAPER_INPUT, PAPER_OUTPUT = 31_000, 1_000
+PAPER_REQUEST = PAPER_INPUT + PAPER_OUTPUT
+
+
+@dataclass(frozen=True)
+class KVDims:
+    """Per-layer KV geometry (after tensor parallelism, if any)."""
+
+    kv_heads: int
+    head_dim: int
+    dtype_bytes: int = 2
+
+    @classmethod
+    def of(cls, size: ModelSize, dtype_bytes: int | None = None) -> "KVDims":
+        return cls(size.kv_heads, size.head_dim, dtype_bytes or size.dtype_bytes)
+
+    @property
+    def layer_bytes(self) -> int:
+        """K + V bytes of one token in one KV-owning layer."""
+        return 2 * self.kv_heads * self.head_dim * self.dtype_bytes
+
+
+@dataclass(frozen=True)
+class PerToken:
+    global_bytes: int  # every token of context
+    local_bytes: int  # only the last `window` tokens of each request
+
+
+def bytes_per_token(plan: plans.Plan, dims: KVDims) -> PerToken:
+    return PerToken(
+        global_bytes=dims.layer_bytes * len(plan.global_producers),
+        local_bytes=dims.layer_bytes * len(plan.local_producers),
+    )
+
+
+def request_bytes(plan: plans.Plan, dims: KVDims, window: int, tokens: int) -> int:
+    """KV bytes a request of ``tokens`` tokens holds (no page or chunk slack)."""
+    pt = bytes_per_token(plan, dims)
+    return tokens * pt.global_bytes + min(tokens, window) * pt.local_bytes
+
+
+def max_concurrent(budget: int, plan: plans.Plan, dims: KVDims, window: int, tokens: int) -> int:
+    """Requests of ``tokens`` tokens that fit in ``budget`` bytes at once."""
+    return budget // request_bytes(plan, dims, window, tokens)
+
+
+def max_tokens(budget: int, plan: plans.Plan, dims: KVDims, window: int,
+               tokens: int = PAPER_REQUEST) -> int:
+    """Tokens of context ``budget`` holds when filled with requests of ``tokens`` tokens.
+
+    For a plan without local layers this is ``budget // global_bytes`` whatever the
+    request length (the usual "max total tokens"); local layers cost only their window
+    per request, so their share per token shrinks as requests get longer."""
+    return budget * tokens // request_bytes(plan, dims, window, tokens)
+
+
+# ---- the seed formulas (MHA and its sharing variants) -------------------------------
+def seed_kv_bytes(batch: int, layers: int, hidden: int, seq: int, *, gqa_group: int = 1,
+                  cla_factor: int = 1, yoco_layers: int | None = None) -> float:
+    """``4*B*L*H*N`` bytes (fp16 K and V), divided by the GQA group (query heads per
+    KV head) and the CLA factor (layers per KV), times Y/N for YOCO (Y of the N layers
+    own KV)."""
+    b = 4 * batch * layers * hidden * seq / gqa_group / cla_factor
+    return b * (yoco_layers / layers) if yoco_layers is not None else b
+
+
+# ---- what our pool configurator allocates inside SGLang ---------------------------------
+@dataclass(frozen=True)
+class PoolSplit:
+    global_tokens: int  # token slots in the global (full) pool
+    local_tokens: int  # token slots in the local (SWA) pool
+    global_bytes: int
+    local_bytes: int
+
+
+def local_per_request(window: int, page: int = 1, eviction_interval: int = 128,
+                      tokens: int | None = None) -> int:
+    """Local-pool slots one running request pins at most: the window it decodes in,
+    the tokens decoded between two out-of-window evictions, one page to align the
+    eviction point and one for the next decode step. A request of ``tokens`` tokens
+    that never leaves its window holds only its tokens and a page.
+
+    One window, with the radix cache on too: our SWA radix cache
+    (``sglang_seams/mixkv/radix.py``) releases the cached prompt's local KV as it leaves the
+    request's window, so prompt tail + decoded tokens stay within one window."""
+    per_request = window + eviction_interval + 2 * page
+    return per_request if tokens is None else min(per_request, tokens + page)
+
+
+def local_pool_cap(window: int, max_running: int, chunk: int, page: int = 1,
+                   eviction_interval: int = 128, chunks_in_flight: int = 2) -> int:
+    """Token slots the local pool needs so ``max_running`` requests never run short:
+    :func:`local_per_request` each, plus the prefill chunks in flight (two with the
+    overlap scheduler) and a page: one window each with the radix cache on or off."""
+    cap = (local_per_request(window, page, eviction_interval) * max_running
+           + chunks_in_flight * chunk + page)
+    return -(-cap // page) * page
+
+
+def pool_split(budget: int, plan: plans.Plan, dims: KVDims, *, window: int, max_running: int,
+               chunk: int, page: int = 1, eviction_interval: int = 128,
+               chunks_in_flight: int = 2) -> PoolSplit:
+    """Split a KV byte budget between the global and local pools.
+
+    The local pool is bounded by the window (``local_pool_cap``); the rest of the
+    budget goes to the global pool. Plans without local producers keep a local pool
+    as large as the global one at zero bytes (SGLang's allocator pairs every global
+    slot with a local one); plans without global producers give the budget to the
+    local pool, the only pool with bytes (``global_tokens`` 0 here; the server adds a
+    zero-byte global pool of token ids, see ``sglang_seams/mixkv/pools.py``)."""
+    pt = bytes_per_token(plan, dims)
+    if pt.local_bytes == 0:
+        g = budget // pt.global_bytes // page * page
+        return PoolSplit(g, g, g * pt.global_bytes, 0)
+    if pt.global_bytes == 0:
+        s = budget // pt.local_bytes // page * page
+        return PoolSplit(0, s, 0, s * pt.local_bytes)
+    s = local_pool_cap(window, max_running, chunk, page, eviction_interval, chunks_in_flight)
+    g = (budget - s * pt.local_bytes) // pt.global_bytes // page * page
+    if g <= 0:
+        raise ValueError(
+            f"the local pool for {max_running} running requests ({s} tokens, "
+            f"{s * pt.local_bytes / 2**30:.2f} GiB) leaves no room for the global pool in "
+            f"{budget / 2**30:.2f} GiB; lower --max-running-requests or raise the memory fraction"
+        )
+    return PoolSplit(g, s, g * pt.global_bytes, s * pt.local_bytes)
+
+
+def pool_max_requests(split: PoolSplit, plan: plans.Plan, tokens: int, *, window: int,
+                      chunk: int, page: int = 1, eviction_interval: int = 128,
+                      chunks_in_flight: int = 2) -> int:
+    """Requests of ``tokens`` tokens that the pools of ``split`` hold at once: the
+    global pool's share (``tokens`` slots each), and the local pool's, after the
+    prefill chunks in flight, at :func:`local_per_request` each. For a plan with both
+    kinds the local pool was sized for ``max_running`` requests, so this is at most
+    that; the running-request cap itself is not applied here."""
+    held = []
+    if plan.global_producers:
+        held.append(split.global_tokens // tokens)
+    if plan.local_producers:
+        free = split.local_tokens - chunks_in_flight * chunk - page
+        held.append(max(0, free) // local_per_request(window, page, eviction_interval, tokens))
+    return min(held)
+
+
+# ---- budgets ----------------------------------------------------------------------------
+def kv_budget(gpu_mem: int, mem_fraction: float, weight_bytes: int) -> int:
+    """KV bytes left on one GPU: the static fraction minus the weights."""
+    return int(gpu_mem * mem_fraction) - weight_bytes
+
+
+def serve_sizing(size: ModelSize, window: int) -> dict:
+    """The pool-sizing settings ``python -m sglang_mixkv.serve`` gives SGLang for ``size``
+    (chunk size, eviction interval; page 1, overlap scheduler: two chunks in flight)."""
+    return dict(window=window, chunk=serve_default(size.name, "--chunked-prefill-size"),
+                page=1, eviction_interval=eviction_interval(window), chunks_in_flight=2)

@@ -1,0 +1,68 @@
+"""The bench report from a synthetic run folder: spread, significance, the roofline bound
+beside each level, and the server timeline's verdict (no server needed)."""
+
+import json
+from dataclasses import asdict
+
+import pandas as pd
+import pytest
+
+from mixkv_bench import bench_roofline, settings
+from mixkv_bench import roofline as rl
+from mixkv_bench.bench_report import write_report
+
+from tests.helpers.harness_fixtures import fake_record, write_run
+
+
+def variant(run, label, durations: dict, samples: dict):
+    """Three runs per level; ``durations[level]``: each run's length; ``samples[level]``:
+    (running, queued, global usage) the timeline saw during that level."""
+    recs, levels, tl, t = [], [], [], 0.0
+    for rep in range(3):
+        for level, ds in durations.items():
+            recs.append(fake_record(label=label, level=level, repeat=rep, done=ds[rep]))
+            levels.append({"level": level, "repeat": rep, "start": t, "end": t + ds[rep]})
+            running, queued, usage = samples[level]
+            tl.append({"t": t + ds[rep] / 2, "level": level, "repeat": rep, "running": running,
+                       "queued": queued, "global_usage": usage, "retracted_total": 0.0})
+            t += ds[rep] + 0.1
+    d = write_run(run / label / "harness", recs, label=label)
+    meta = json.loads((d / "meta.json").read_text())
+    meta.update(levels=levels, timeline={"note": None})
+    meta["config"]["num_prompts"] = 8
+    (d / "meta.json").write_text(json.dumps(meta))
+    (d / "timeline.jsonl").write_text("".join(json.dumps(x) + "\n" for x in tl))
+
+
+def test_report_shows_spread_significance_roofline_and_bounds(tmp_path):
+    run = tmp_path / "run"
+    st = settings.Settings(["standard", "ma"], "tiny", 8, 10, 3, [1, 8], 0, "64MiB", None, 32, repeats=3)
+    variant(run, "standard", {1: [1.0, 1.1, 1.2], 8: [1.0, 1.05, 1.1]},
+            {1: (1, 0, 0.1), 8: (5, 3, 0.95)})
+    variant(run, "ma", {1: [0.98, 1.08, 1.15], 8: [0.5, 0.52, 0.55]},
+            {1: (1, 0, 0.05), 8: (8, 0, 0.3)})
+    hw = rl.Hardware("toy", 1e12, 1e11, 1 << 34, source="test")
+    (run / bench_roofline.ROOFLINE).write_text(json.dumps({"hardware": asdict(hw)}))
+    md = write_report(run, st).read_text()
+    csv = pd.read_csv(run / "summary.csv").set_index(["label", "level"])
+    assert csv.loc[("ma", 8), "significant"] == "yes"
+    assert csv.loc[("ma", 1), "significant"].startswith("no")
+    # The bound of the servers the run describes, written here from its settings (not
+    # from the bench's own translation): --kv-budget 64MiB, --max-running-requests 32,
+    # serve's tiny chunk (256) and eviction interval (32 / 16 = 2), 8 prompts of 10 + 3.
+    srv = rl.Serving(kv_budget=64 << 20, max_running=32, chunk=256, eviction_interval=2)
+    bound = rl.level_bound(rl.get_size("tiny"), "ma", hw, rl.Workload(8, 10, 3, (8,)), 8, srv)
+    assert csv.loc[("ma", 8), "roofline_out_tok_per_s"] == pytest.approx(bound.output_tok_per_s)
+    assert csv.loc[("ma", 8), "roofline_fraction"] == pytest.approx(
+        csv.loc[("ma", 8), "output_tok_per_s"] / bound.output_tok_per_s)
+    assert "## What bounded each level" in md and "![timeline](timeline.png)" in md
+    assert "KV capacity: at most 5 of 8 ran, up to 3 queued (global pool 95% full)" in md
+    assert "not admission: all 8 ran at once" in md and "toy" in md
+    assert (run / "timeline.png").is_file()
+
+
+def test_predicted_duration_of_the_gpu_defaults_fits_two_hours():
+    st = settings.defaults(gpu=True)
+    pred = bench_roofline.predict(st, rl.gpu("H100"))
+    assert pred["bound_s"] < pred["expected_s"] <= 2 * 3600
+    assert st.concurrency == [8, 64, 300] and st.repeats == 2
