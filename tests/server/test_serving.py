@@ -112,14 +112,13 @@ def test_concurrent_requests_of_different_lengths(served):
         check(out, ref, ids, m)
 
 
+@pytest.mark.parametrize("served", ["standard"], indirect=True)
 def test_standard_plan_serves_like_stock_sglang_llama(served, tmp_path):
     """The same weights as a Llama, served by stock SGLang (plain ``sglang.launch_server``:
     its own ``LlamaForCausalLM``, RoPE and attention; only our plugin's generic patches
     load): the same greedy tokens and logprobs as our model. An oracle on the serving
     side that shares none of our model code."""
-    spec, ours, _ = served
-    if spec != "standard":
-        pytest.skip("one plan is enough: stock SGLang serves the standard plan as a Llama")
+    _, ours, _ = served
     llama = write_model_folder(tmp_path / "llama", SIZE, "standard", weights=True, seed=1,
                                architecture="LlamaForCausalLM")
     stock = start_server(
