@@ -3,9 +3,11 @@
 #   docker build -t sglang-mixkv .
 #   docker run --gpus all --ipc=host --shm-size 32g -p 30000:30000 sglang-mixkv --plan ma-offset
 #
-# The server listens on 0.0.0.0: pass a key (`export MIXKV_API_KEY=...`, then
-# `docker run -e MIXKV_API_KEY ...`, or `--api-key KEY` after the image name) and every
-# endpoint but /health and /metrics needs "Authorization: Bearer KEY" (SGLang's --api-key).
+# The server listens on 0.0.0.0, so it refuses to start without a key: pass one
+# (`export MIXKV_API_KEY=...`, then `docker run -e MIXKV_API_KEY ...`) and every endpoint
+# but /health and /metrics needs "Authorization: Bearer KEY"; MIXKV_ADMIN_API_KEY is the
+# only key that opens the admin routes (/flush_cache, /pause_generation, weight updates).
+# `--allow-unauthenticated` after the image name serves without keys.
 #
 # Any further argument goes to `python -m sglang_mixkv.serve` and from there to
 # sglang.launch_server (e.g. --max-running-requests 128 --mem-fraction-static 0.85).

@@ -45,6 +45,10 @@ BENCH_FLAGS = $(call knob,PLANS,--plans) $(call knob,PROMPTS,--num-prompts) \
 ifdef API_KEY
 export MIXKV_API_KEY := $(API_KEY)
 endif
+# ADMIN_API_KEY=KEY: the admin key (bench generates one for its servers otherwise).
+ifdef ADMIN_API_KEY
+export MIXKV_ADMIN_API_KEY := $(ADMIN_API_KEY)
+endif
 
 bench: setup
 	$(PY) -m sglang_mixkv.bench $(BENCH_FLAGS)

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from sglang_mixkv.defaults import API_KEY_ENV
+from sglang_mixkv.defaults import ADMIN_API_KEY_ENV, API_KEY_ENV
 from harness.workload import PROFILES, IdRange
 
 
@@ -46,6 +46,10 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV) or None,
                    help="send 'Authorization: Bearer KEY' (a server started with --api-key; "
                    f"default: ${API_KEY_ENV}; never written to the results)")
+    p.add_argument("--admin-api-key", default=os.environ.get(ADMIN_API_KEY_ENV) or None,
+                   help="the server's admin key, used only for POST /flush_cache between levels "
+                   f"(default: ${ADMIN_API_KEY_ENV}); without it a server with keys refuses the "
+                   "flush and the report says the levels ran unflushed")
     p.add_argument("--no-flush", action="store_true", help="don't POST /flush_cache between levels")
     p.add_argument("--wait", type=float, default=0.0, help="wait this long for the server to come up")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -73,7 +77,7 @@ def config_from_args(a: argparse.Namespace):
         warmup=pick(a.warmup, prof.warmup), seed=a.seed, timeout=pick(a.timeout, prof.timeout),
         vocab_size=a.vocab_size, id_range=a.id_range, model=a.model, flush=not a.no_flush,
         progress=a.progress, wait=a.wait, repeats=a.repeats, metrics=not a.no_metrics,
-        metrics_interval=a.metrics_interval, api_key=a.api_key)
+        metrics_interval=a.metrics_interval, api_key=a.api_key, admin_api_key=a.admin_api_key)
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -86,6 +90,9 @@ def cmd_run(a: argparse.Namespace) -> int:
     except (runner.StartupError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except runner.FlushError as e:
+        print(f"error: {e}; finished levels are kept in {cfg.out}", file=sys.stderr)
+        code = 1
     except KeyboardInterrupt:
         print(f"interrupted: partial results kept in {cfg.out}", file=sys.stderr)
         code = 130

@@ -273,6 +273,7 @@ def render(run_dirs: list[Path], out: Path) -> dict[str, Path]:
         plots.append(tl_plot)
     files.update({p.stem: p for p in plots})
     bounds, notes = timeline_bounds(run_dirs)
+    notes += [f"{m['label']}: {m['flush_note']}" for m in metas if m.get("flush_note")]
     files["md"] = out / "report.md"
     files["md"].write_text(markdown(summary, df, metas, plots, bounds, notes))
     return files

@@ -31,10 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 from tqdm import tqdm
 
 from harness import client, sampler, sysinfo
-from sglang_mixkv.defaults import API_KEY_ENV, redact_argv, redact_server_info
+from sglang_mixkv.defaults import (ADMIN_API_KEY_ENV, API_KEY_ENV, auth_headers, redact_argv,
+                                   redact_server_info)
 from harness.workload import IdRange, Request, arrival_offsets, make_requests
 
 JSONL = "requests.jsonl"
@@ -46,6 +48,15 @@ class StartupError(RuntimeError):
 
 class ServerUnreachable(StartupError):
     """The server did not answer at the start of a run."""
+
+
+class FlushError(RuntimeError):
+    """The prefix cache could not be flushed between levels: the run stops (a level
+    measured on a warm cache would not be the level the report claims)."""
+
+
+class _Busy(Exception):
+    """``/flush_cache`` answered but did not flush (SGLang refuses while requests run)."""
 
 
 @dataclass
@@ -73,11 +84,13 @@ class RunConfig:
     metrics: bool = True  # sample the server's /metrics into timeline.jsonl
     metrics_interval: float = 1.0  # seconds between samples
     api_key: str | None = field(default=None, repr=False)  # never written to meta.json
+    admin_api_key: str | None = field(default=None, repr=False)  # for /flush_cache only
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["out"], d["rate"] = str(self.out), None if math.isinf(self.rate) else self.rate
         d["api_key"] = "***" if self.api_key else None
+        d["admin_api_key"] = "***" if self.admin_api_key else None
         return d
 
 
@@ -155,21 +168,44 @@ async def discover_vocab(session: aiohttp.ClientSession, url: str) -> int | None
     return None
 
 
-async def flush_cache(session: aiohttp.ClientSession, url: str) -> str:
-    """``ok``, ``unsupported`` (no such endpoint) or ``failed: ...``; never raises."""
-    last = ""
-    for _ in range(20):
-        try:
-            async with session.post(url + "/flush_cache", timeout=aiohttp.ClientTimeout(total=60)) as r:
-                if r.status == 200:
-                    return "ok"
-                if r.status in (404, 405):
-                    return "unsupported"
-                last = f"HTTP {r.status}: {(await r.text())[:200].strip()}"
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
-            return f"failed: {type(e).__name__}: {e}"
-        await asyncio.sleep(0.5)  # SGLang refuses while requests are still running
-    return f"failed: {last}"
+#: seconds a flush is retried while the server answers without flushing
+FLUSH_RETRY_S = 30.0
+#: what the report says when a server wants an admin key the run does not hold
+FLUSH_REFUSED = ("not flushed: the server refused /flush_cache without its admin key (pass "
+                 f"--admin-api-key or set {ADMIN_API_KEY_ENV}); levels after the first ran "
+                 "on whatever the prefix cache held")
+
+
+async def flush_cache(session: aiohttp.ClientSession, url: str,
+                      admin_key: str | None = None) -> str:
+    """Flush the server's prefix cache with ``admin_key`` (else with the session's own
+    headers). Returns ``ok``, ``unsupported`` (no such endpoint) or ``refused`` (401/403
+    and the run holds no admin key). Raises :class:`FlushError` when the admin key is
+    refused, the server is unreachable, or it keeps answering without flushing for
+    ``FLUSH_RETRY_S`` (SGLang refuses while requests are still running)."""
+    headers = auth_headers(admin_key) if admin_key else {}
+
+    @retry(retry=retry_if_exception_type(_Busy), stop=stop_after_delay(FLUSH_RETRY_S),
+           wait=wait_fixed(0.5), reraise=True)
+    async def once() -> str:
+        async with session.post(url + "/flush_cache", headers=headers,
+                                timeout=aiohttp.ClientTimeout(total=60)) as r:
+            if r.status == 200:
+                return "ok"
+            if r.status in (404, 405):
+                return "unsupported"
+            if r.status in (401, 403) and not admin_key:
+                return "refused"
+            if r.status in (401, 403):
+                raise FlushError(f"{url} refused /flush_cache with the admin key (HTTP {r.status})")
+            raise _Busy(f"HTTP {r.status}: {(await r.text())[:200].strip()}")
+
+    try:
+        return await once()
+    except _Busy as e:
+        raise FlushError(f"{url}/flush_cache kept failing for {FLUSH_RETRY_S:g} s: {e}") from None
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+        raise FlushError(f"{url}/flush_cache: {type(e).__name__}: {e}") from None
 
 
 async def run_level(session: aiohttp.ClientSession, cfg: RunConfig, api: client.Api,
@@ -270,9 +306,13 @@ async def run(cfg: RunConfig, argv: list[str] | None = None) -> Path:
             for rep in range(cfg.repeats):
                 run = f" run {rep + 1}/{cfg.repeats}" if cfg.repeats > 1 else ""
                 for level in cfg.concurrency:
-                    if cfg.flush:
+                    if cfg.flush and "flush_note" not in meta:
                         key = str(level) if cfg.repeats == 1 else f"{level}/{rep}"
-                        meta["flush"][key] = await flush_cache(session, cfg.url)
+                        meta["flush"][key] = await flush_cache(session, cfg.url,
+                                                               cfg.admin_api_key)
+                        if meta["flush"][key] == "refused":
+                            meta["flush_note"] = FLUSH_REFUSED
+                            tqdm.write(f"[{cfg.label}] {FLUSH_REFUSED}")
                     timeline.mark(level, rep)
                     start = time.perf_counter() - t0
                     recs = await run_level(session, cfg, api, reqs, level, sink,

@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import shlex
 import signal
 import subprocess
@@ -42,7 +43,8 @@ from mixkv_bench.settings import Settings, bench_size, defaults
 from sglang_mixkv import device
 from sglang_mixkv import kv_math as cap
 from sglang_mixkv import plan as plans
-from sglang_mixkv.defaults import API_KEY_ENV, POOL_REQUESTS_ENV, parse_bytes, redact_argv
+from sglang_mixkv.defaults import (ADMIN_API_KEY_ENV, API_KEY_ENV, POOL_REQUESTS_ENV, parse_bytes,
+                                   redact_argv)
 
 def run_sweep(plan: str, st: Settings, vdir: Path) -> None:
     with served(plan, st, vdir / "server.log") as url:
@@ -163,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.api_key:  # the servers (serve's --api-key default) and the harness read it
         os.environ[API_KEY_ENV] = a.api_key
+    # The servers' admin key (cache flushes between levels, the probe's flush): the
+    # user's, or one for this run; in the environment only, never a command line.
+    os.environ.setdefault(ADMIN_API_KEY_ENV, secrets.token_urlsafe(24))
     args = redact_argv(list(argv or sys.argv[1:]))
     meta = collect([sys.executable, "-m", "sglang_mixkv.bench", *args])
     meta["command"] = shlex.join(["python", "-m", "sglang_mixkv.bench", *args])

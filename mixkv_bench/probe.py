@@ -32,7 +32,8 @@ import aiohttp
 import numpy as np
 
 from harness import sampler
-from sglang_mixkv.defaults import API_KEY_ENV, auth_headers
+from harness.runner import FlushError, flush_cache
+from sglang_mixkv.defaults import ADMIN_API_KEY_ENV, API_KEY_ENV, auth_headers
 
 POLL_S = 0.5  # seconds between /metrics reads while a probe runs
 RETRACTED = sampler.METRICS["retracted_total"]  # SGLang's counter, summed over label sets
@@ -100,7 +101,10 @@ async def probe(url: str, n: int, input_len: int, output_len: int, *, vocab: int
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout),
                                      headers=headers) as session:
         await wait_idle(session, url)
-        await session.post(url + "/flush_cache")
+        flushed = await flush_cache(session, url, os.environ.get(ADMIN_API_KEY_ENV))
+        if flushed != "ok":  # a probe on a warm cache would measure something else
+            raise FlushError(f"{url}/flush_cache: {flushed} (the probe needs the admin key in "
+                             f"${ADMIN_API_KEY_ENV})")
         base = await retracted_total(session, url)
 
         async def one(i: int, ids: list[int]) -> None:

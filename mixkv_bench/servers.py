@@ -18,7 +18,8 @@ import requests
 
 from harness.server import launched, launched_on_free_port
 from mixkv_bench.settings import DECODE_LOG_INTERVAL, SERVER_START_S, Settings
-from sglang_mixkv.defaults import API_KEY_ENV, auth_headers, redact_server_info, redact_text
+from sglang_mixkv.defaults import (ADMIN_API_KEY_ENV, API_KEY_ENV, auth_headers, redact_server_info,
+                                   redact_text)
 from sglang_mixkv.sglang_seams.launch import flag_given
 
 def server_command(plan: str, st: Settings, extra: list[str] = ()) -> tuple[list[str], str]:  # type: ignore[assignment]
@@ -62,7 +63,7 @@ def served(plan: str, st: Settings, log: Path, env: dict[str, str] | None = None
         with launched_on_free_port(lambda port: server_command(plan, replace(st, port=port))[0],
                                    log, timeout=SERVER_START_S, env=env) as url:
             yield url
-    finally:  # SGLang logs its arguments, an API key among them: keep it out of results
-        key = os.environ.get(API_KEY_ENV)
-        if key and log.exists():
-            log.write_text(redact_text(log.read_text(errors="replace"), key))
+    finally:  # belt and braces: our plugin keeps keys out of SGLang's log already
+        keys = [os.environ.get(API_KEY_ENV), os.environ.get(ADMIN_API_KEY_ENV)]
+        if any(keys) and log.exists():
+            log.write_text(redact_text(log.read_text(errors="replace"), *keys))

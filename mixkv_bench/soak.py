@@ -6,7 +6,9 @@ answer every one with 2xx or 4xx, stay alive throughout and end with an empty KV
 
 Without ``--url`` it starts our tiny ``ma`` server with SGLang's strict per-step pool check
 (``SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_BUSY=1``: a lost or doubly freed KV slot stops
-the server) and stops it at the end. Request kinds (seeded, so a run can be repeated):
+the server), an inference key and an admin key of its own (in the server's environment,
+never its command line), and stops it at the end. Request kinds (seeded, so a run can be
+repeated):
 
 - ``valid``: ``/generate`` or ``/v1/completions``, streamed or not, single or batch,
   prompts of 1 to ~3,000 tokens; must be a 200 with no error event;
@@ -15,12 +17,16 @@ the server) and stops it at the end. Request kinds (seeded, so a run can be repe
   than the context, ...); must be a 4xx;
 - ``aborted``: a valid stream the client closes after its first event;
 - ``fuzz``: a random body from :func:`fuzz_case` (ids, lengths, sampling parameters,
-  logprob options, streaming, batch forms, malformed JSON); must be 2xx or 4xx.
+  NaN and infinite values, broken grammars, thousands of stop strings, logprob options,
+  streaming, batch forms, text and ids at once, malformed JSON); must be 2xx or 4xx;
+- ``admin``: an admin route called with the inference key (when the run has one); must
+  be 401 or 403.
 
 After every request ``GET /v1/loads`` (answered by the scheduler) must succeed; at the end
-the run waits for the server to be idle, flushes the prefix cache and reads
-``/metrics``: used global and local KV tokens must both be 0. The fuzz test
-(``tests/server/test_fuzz.py``) drives the same code with fewer requests.
+the run waits for the server to be idle, flushes the prefix cache with the admin key (if
+it has one) and reads, for each pool ``/server_info`` says the server has, its gauge in
+``/metrics``: it must be there and read 0. The fuzz test (``tests/server/test_fuzz.py``)
+drives the same code with fewer requests, holding no admin key.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import asyncio
 import json
 import os
 import random
+import secrets
 import shlex
 import sys
 import tempfile
@@ -42,12 +49,22 @@ from typing import Any
 import aiohttp
 
 from harness import sampler
-from sglang_mixkv.defaults import API_KEY_ENV, auth_headers, redact_argv
+from sglang_mixkv.defaults import ADMIN_API_KEY_ENV, API_KEY_ENV, auth_headers, redact_argv
 from sglang_mixkv.model_folder import get_size
 
-KINDS = ("valid", "invalid", "aborted", "fuzz")
-#: Share of each kind in a soak run.
-MIX = {"valid": 0.45, "invalid": 0.2, "aborted": 0.15, "fuzz": 0.2}
+KINDS = ("valid", "invalid", "aborted", "fuzz", "admin")
+#: Share of each kind in a soak run (``admin`` only against a server with an API key).
+MIX = {"valid": 0.42, "invalid": 0.2, "aborted": 0.15, "fuzz": 0.18, "admin": 0.05}
+#: Admin routes an inference key must not open (a sample of SGLang 0.5.17's 38; the full
+#: matrix is tests/server/test_admin_keys.py), each with a body that would act if it could.
+ADMIN_ROUTES = [
+    ("/pause_generation", {}), ("/flush_cache", None), ("/release_memory_occupation", {}),
+    ("/update_weights_from_disk", {"model_path": "/nonexistent"}), ("/abort_request",
+    {"abort_all": True}), ("/slow_down", {"forward_sleep_time": 5}),
+    ("/configure_logging", {"log_requests": True}), ("/start_profile", {}),
+    ("/set_internal_state", {"server_args": {"max_running_requests": 1}}),
+    ("/unload_lora_adapter", {"lora_name": "x"}), ("/freeze_gc", None),
+]
 #: One stream event with every prompt position's top logprobs over the vocabulary is MBs.
 READ_BUFSIZE = 2**26
 STRICT_MEM_CHECK = {"SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_BUSY": "1"}
@@ -62,7 +79,7 @@ class Case:
     body: Any = None
     raw: bytes | None = None
     abort: bool = False  # close the stream after its first event (a streamed body)
-    expect: str = "2xx|4xx"  # "2xx", "4xx" or "2xx|4xx"
+    expect: str = "2xx|4xx"  # "|"-separated status classes ("2xx") or codes ("401")
 
     def show(self) -> str:
         text = self.raw.decode(errors="replace") if self.raw is not None else json.dumps(self.body)
@@ -157,8 +174,42 @@ def _logprobs(rng: random.Random, vocab: int, prompt_len: int) -> dict:
     return out
 
 
-def fuzz_case(rng: random.Random, vocab: int, context: int) -> Case:
-    """A random request body for ``/generate`` or ``/v1/completions``: valid or not."""
+def admin_case(rng: random.Random) -> Case:
+    """An admin route called with the ordinary key: it must be refused (401 / 403)."""
+    path, body = rng.choice(ADMIN_ROUTES)
+    return Case("admin", path, body, expect="401|403")
+
+
+def _odd_sampling(rng: random.Random, vocab: int) -> dict:
+    """Sampling options a client may get wrong: NaN and infinite values, grammars that
+    do not compile, thousands of stop strings, logit biases outside the vocabulary."""
+    nan_inf = [float("nan"), float("inf"), -float("inf")]
+    return rng.choice([
+        {"temperature": rng.choice(nan_inf)},
+        {rng.choice(["frequency_penalty", "presence_penalty", "repetition_penalty"]):
+         rng.choice(nan_inf)},
+        {"top_p": rng.choice(nan_inf + [2.0])},
+        {"regex": rng.choice(["t[", "(", "*t5"])},
+        {"json_schema": rng.choice(['{"type": "strin"}', '{"type": ', "[1, 2"])},
+        {"stop": [f"t{i}" for i in range(rng.choice([1000, 5000]))]},
+        {"logit_bias": {str(vocab + rng.randrange(1, 10**6)): 5.0, "-3": 1.0}},
+        {"logit_bias": {"5": float("nan")}},
+        {"min_new_tokens": 40, "max_new_tokens": 4},
+    ])
+
+
+def fuzz_case(rng: random.Random, vocab: int, context: int, keyed: bool = False) -> Case:
+    """A random request body for ``/generate`` or ``/v1/completions``: valid or not; with
+    ``keyed`` (the client holds an inference key) also admin routes it must not open."""
+    if keyed and _maybe(rng, 0.04):
+        return admin_case(rng)
+    if _maybe(rng, 0.12):
+        ids = _ids(rng, vocab, rng.randrange(1, 40))
+        body: dict[str, Any] = {"input_ids": ids, "sampling_params": {
+            "max_new_tokens": 4, **_odd_sampling(rng, vocab)}}
+        if _maybe(rng, 0.2):
+            body["text"] = "t5 t6 t7"  # text and ids at once
+        return Case("fuzz", "/generate", body)
     stream = _maybe(rng, 0.35)
     abort = stream and _maybe(rng, 0.3)
     if _maybe(rng, 0.03):  # not JSON, or JSON of the wrong shape
@@ -166,7 +217,7 @@ def fuzz_case(rng: random.Random, vocab: int, context: int) -> Case:
                           b'{"sampling_params": {"max_new_tokens": 2}}'])
         return Case("fuzz", rng.choice(["/generate", "/v1/completions"]), raw=raw)
     if _maybe(rng, 0.7):
-        body: dict[str, Any] = {}
+        body = {}
         if _maybe(rng, 0.3):  # a batch
             rows = [_prompt(rng, vocab, 300) for _ in range(rng.randrange(1, 4))]
             if all(isinstance(r, list) for r in rows):
@@ -249,26 +300,31 @@ def _invalid(rng: random.Random, vocab: int, context: int) -> Case:
     return Case("invalid", path, body, expect="4xx")
 
 
-def soak_case(rng: random.Random, vocab: int, context: int) -> Case:
-    kind = rng.choices(list(MIX), weights=list(MIX.values()))[0]
+def soak_case(rng: random.Random, vocab: int, context: int, keyed: bool = False) -> Case:
+    mix = {k: w for k, w in MIX.items() if keyed or k != "admin"}
+    kind = rng.choices(list(mix), weights=list(mix.values()))[0]
     if kind == "invalid":
         return _invalid(rng, vocab, context)
     if kind == "fuzz":
-        return fuzz_case(rng, vocab, context)
+        return fuzz_case(rng, vocab, context, keyed)
+    if kind == "admin":
+        return admin_case(rng)
     return _valid(rng, vocab, kind)
 
 
 # ---- sending ---------------------------------------------------------------------------
 def _status_ok(status: int, expect: str) -> bool:
-    return any(lo <= status < lo + 100 for lo in
-               ((200,) if expect == "2xx" else (400,) if expect == "4xx" else (200, 400)))
+    """``expect``: ``|``-separated classes (``2xx``) or exact codes (``403``)."""
+    return any(status // 100 == int(part[0]) if part.endswith("xx") else status == int(part)
+               for part in expect.split("|"))
 
 
 async def send(session: aiohttp.ClientSession, url: str, case: Case) -> Outcome:
     """Send ``case``; fill ``problem`` if the answer breaks the rules."""
     out = Outcome()
     kwargs: dict[str, Any] = ({"data": case.raw, "headers": {"Content-Type": "application/json"}}
-                              if case.raw is not None else {"json": case.body})
+                              if case.raw is not None else {"json": case.body}
+                              if case.body is not None else {})
     try:
         async with session.post(url + case.path, **kwargs) as r:
             out.status = r.status
@@ -320,13 +376,20 @@ async def scheduler_alive(session: aiohttp.ClientSession, url: str) -> str | Non
         return f"/v1/loads failed: {type(e).__name__}: {e}"
 
 
-#: The pool gauges the soak reads at the end, summed over label sets (absent: None).
+#: The pool gauges the soak reads at the end, summed over label sets (absent: None), and
+#: the ``/server_info`` capacity that says the server has that pool.
 POOL_METRICS = {"global_tokens_used": ("sglang:num_used_tokens", "sum"),
                 "local_token_usage": ("sglang:swa_token_usage", "sum")}
+POOL_CAPACITY = {"global_tokens_used": "token_capacity", "local_token_usage": "token_capacity_swa"}
 
 
-async def pool_state(session: aiohttp.ClientSession, url: str, timeout: float = 120) -> dict:
-    """Wait until no request runs or waits, flush the prefix cache, read the pools."""
+async def pool_state(session: aiohttp.ClientSession, url: str, admin_key: str | None,
+                     timeout: float = 120) -> dict:
+    """Wait until no request runs or waits, flush the prefix cache (with ``admin_key``),
+    read each pool the server has (``/server_info``) from ``/metrics``. SGLang's gauges
+    count neither free nor evictable (cached, unlocked) slots, so an idle server's pools
+    read 0 with or without the flush; a pool the server has but ``/metrics`` lacks reads
+    None (a failure, not a pass)."""
     deadline = time.monotonic() + timeout
     while True:
         async with session.get(url + "/v1/loads?include=core") as r:
@@ -335,13 +398,18 @@ async def pool_state(session: aiohttp.ClientSession, url: str, timeout: float = 
         if busy == 0 or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.5)
-    async with session.post(url + "/flush_cache") as r:
-        flushed = "Cache flushed" in await r.text()
+    flushed = None
+    if admin_key:
+        async with session.post(url + "/flush_cache", headers=auth_headers(admin_key)) as r:
+            flushed = r.status == 200 and "Cache flushed" in await r.text()
+    async with session.get(url + "/server_info") as r:
+        usage = (await r.json())["internal_states"][0]["memory_usage"] if r.status == 200 else {}
     async with session.get(url + "/metrics") as r:
         m = await r.text() if r.status == 200 else ""
     found = sampler.parse(m, POOL_METRICS)
-    return {"requests_in_server": busy, "cache_flushed": flushed,
-            **{col: found.get(col) for col in POOL_METRICS}}
+    pools = {col: {"capacity": usage.get(cap), "used": found.get(col)}
+             for col, cap in POOL_CAPACITY.items() if usage.get(cap) is not None}
+    return {"requests_in_server": busy, "cache_flushed": flushed, "pools": pools}
 
 
 @dataclass
@@ -356,9 +424,20 @@ class Summary:
     alive_checks: int = 0
     prompt_tokens: dict = field(default_factory=dict)  # length bucket -> prompts sent
 
+    def pool_problems(self) -> list[str]:
+        """Why the pools at the end break the rules (empty list: they do not)."""
+        pools = self.pool.get("pools")
+        if not pools:
+            return ["no pool state read (the server was gone, or /server_info had no pools)"]
+        out = [f"{name}: not in /metrics" for name, p in pools.items() if p["used"] is None]
+        out += [f"{name}: {p['used']} in use at the end" for name, p in pools.items()
+                if p["used"] not in (None, 0)]
+        if self.pool.get("cache_flushed") is False:
+            out.append("the admin key did not flush the cache")
+        return out
+
     def ok(self) -> bool:
-        return not self.failures and self.pool.get("global_tokens_used") == 0 \
-            and self.pool.get("local_token_usage") in (0, None)
+        return not self.failures and not self.pool_problems()
 
     def failure_text(self, limit: int = 5) -> str:
         lines = [f"{len(self.failures)} of {self.requests} requests broke the rules "
@@ -385,9 +464,10 @@ def _bucket(n: int) -> str:
 
 
 async def run(url: str, cases: list[Case], concurrency: int, seed: int,
-              headers: dict | None = None) -> Summary:
-    """Send ``cases`` with at most ``concurrency`` in flight, check the scheduler answers
-    after every one, then read the pool state. Stops early once the server is gone."""
+              headers: dict | None = None, admin_key: str | None = None) -> Summary:
+    """Send ``cases`` with at most ``concurrency`` in flight (every one with ``headers``,
+    the inference key's), check the scheduler answers after every one, then read the pool
+    state (``admin_key``: flush the cache first). Stops early once the server is gone."""
     s = Summary(seed, len(cases), concurrency)
     lengths = Counter(_bucket(n) for c in cases for n in _prompt_lengths(c))
     s.prompt_tokens = dict(sorted(lengths.items(), key=lambda kv: int(kv[0].split("-")[0])))
@@ -418,15 +498,17 @@ async def run(url: str, cases: list[Case], concurrency: int, seed: int,
         s.seconds = round(time.perf_counter() - t0, 1)
         s.kinds = {k: dict(v) for k, v in kinds.items() if v}
         if not dead.is_set():
-            s.pool = await pool_state(session, url)
+            s.pool = await pool_state(session, url, admin_key)
     s.failures.sort(key=lambda f: f[0])
     return s
 
 
-def make_cases(n: int, seed: int, vocab: int, context: int, kind: str = "soak") -> list[Case]:
+def make_cases(n: int, seed: int, vocab: int, context: int, kind: str = "soak",
+               keyed: bool = False) -> list[Case]:
+    """``keyed``: the client holds an inference key, so admin routes are in the mix."""
     rng = random.Random(seed)
     maker = soak_case if kind == "soak" else fuzz_case
-    return [maker(rng, vocab, context) for _ in range(n)]
+    return [maker(rng, vocab, context, keyed) for _ in range(n)]
 
 
 # ---- CLI ---------------------------------------------------------------------------------
@@ -457,8 +539,16 @@ def write_results(out: Path, s: Summary, meta: dict) -> Path:
         "client closed the stream after its first event.", "",
         "Prompt lengths (token-id prompts, one per batch row): "
         + ", ".join(f"{k}: {v}" for k, v in s.prompt_tokens.items()), "",
-        "Pool at the end (idle, prefix cache flushed): "
-        + ", ".join(f"{k} = {v}" for k, v in s.pool.items()), "",
+        "`admin`: an admin route (`/pause_generation`, `/flush_cache`, weight updates, ...) "
+        "called with the inference key: each must be refused (401 or 403) and the server keep "
+        "serving.", "",
+        f"Pools at the end (idle{', prefix cache flushed with the admin key' if s.pool.get('cache_flushed') else ''};"
+        " SGLang's gauges, which count neither free nor cached-but-unlocked slots):", "",
+        "| pool | capacity (tokens) | in use at the end |", "| --- | --- | --- |",
+        *[f"| {name.split('_')[0]} ({'`sglang:num_used_tokens`' if name.startswith('global') else '`sglang:swa_token_usage`'}) "
+          f"| {p['capacity']} | {'missing from /metrics' if p['used'] is None else p['used']} |"
+          for name, p in (s.pool.get("pools") or {}).items()], "",
+        *([f"Pool problems: {'; '.join(s.pool_problems())}", ""] if s.pool_problems() else []),
     ]
     if s.failures:
         lines += ["```", s.failure_text(limit=20), "```", ""]
@@ -481,7 +571,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--context", type=int, default=tiny.max_position,
                     help=f"the server's context length (tiny: {tiny.max_position})")
     ap.add_argument("--api-key", default=os.environ.get(API_KEY_ENV) or None,
-                    help=f"bearer key for a server started with one (default: ${API_KEY_ENV})")
+                    help=f"--url: the server's inference key (default: ${API_KEY_ENV}); with "
+                    "one, admin routes called with it are in the mix and must be refused")
+    ap.add_argument("--admin-api-key", default=os.environ.get(ADMIN_API_KEY_ENV) or None,
+                    help=f"--url: the server's admin key, used only for the final cache flush "
+                    f"(default: ${ADMIN_API_KEY_ENV})")
     ap.add_argument("--out", type=Path, help="write report.md and soak.json here")
     a = ap.parse_args(argv)
 
@@ -491,11 +585,13 @@ def main(argv: list[str] | None = None) -> int:
                 *redact_argv(sys.argv[1:] if argv is None else argv)]
     meta = collect(cmd_line)
     meta["command"] = shlex.join(cmd_line)
-    cases = make_cases(a.requests, a.seed, a.vocab, a.context, a.kind)
-    headers = auth_headers(a.api_key)
+    if not a.url:  # our server: keys of its own, passed in the environment only
+        a.api_key, a.admin_api_key = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    cases = make_cases(a.requests, a.seed, a.vocab, a.context, a.kind, keyed=bool(a.api_key))
 
     def go(url: str) -> Summary:
-        return asyncio.run(run(url, cases, a.concurrency, a.seed, headers))
+        return asyncio.run(run(url, cases, a.concurrency, a.seed, auth_headers(a.api_key),
+                               a.admin_api_key))
 
     if a.url:
         meta["url"] = a.url
@@ -507,12 +603,15 @@ def main(argv: list[str] | None = None) -> int:
                 "--max-running-requests", "8", "--chunked-prefill-size", "128",
                 "--enable-metrics"]
         meta["server"] = "python -m sglang_mixkv.serve " + shlex.join(args) + \
-            "  (SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_BUSY=1)"
+            f"  (SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_BUSY=1; {API_KEY_ENV} and " \
+            f"{ADMIN_API_KEY_ENV} generated for the run)"
         log = Path(tempfile.mkdtemp(prefix="mixkv-soak-")) / "server.log"
         meta["server_log"] = str(log)
         with launched_on_free_port(lambda port: [sys.executable, "-m", "sglang_mixkv.serve",
                                                  *args, "--port", str(port)],
-                                   log, timeout=600, env=STRICT_MEM_CHECK) as url:
+                                   log, timeout=600,
+                                   env={**STRICT_MEM_CHECK, API_KEY_ENV: a.api_key,
+                                        ADMIN_API_KEY_ENV: a.admin_api_key}) as url:
             s = go(url)
             if not healthy(url):
                 s.failures.append((-1, Case("valid", "-"), "server not healthy after the run"))

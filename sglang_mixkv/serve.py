@@ -12,6 +12,7 @@ execs SGLang, so signals (Ctrl-C, ``docker stop``) reach the server directly.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import re
@@ -20,9 +21,9 @@ from pathlib import Path
 
 from sglang_mixkv import device
 from sglang_mixkv import plan as plans
-from sglang_mixkv.defaults import (API_KEY_ENV, CPU_KV_BUDGET, KV_BUDGET_ENV, MODELS_ENV,
-                                   SERVE_DEFAULTS, SIZE_ENV, eviction_interval, parse_bytes,
-                                   redact_argv)
+from sglang_mixkv.defaults import (ADMIN_API_KEY_ENV, API_KEY_ENV, CPU_KV_BUDGET, KV_BUDGET_ENV,
+                                   MODELS_ENV, REDACTED, SECRET_FLAGS, SERVE_DEFAULTS, SIZE_ENV,
+                                   eviction_interval, parse_bytes)
 from sglang_mixkv.model_folder import SIZES, get_size, with_kv_heads, write_model_folder
 from sglang_mixkv.sglang_seams import launch
 
@@ -44,8 +45,40 @@ def default_model_dir(size: str, plan_spec: str, seed: int, weights: bool,
     return root / f"{size}-{slug}-{f'seed{seed}' if weights else 'dummy'}"
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def key_env(args: argparse.Namespace, sglang_flags: list[str]) -> dict[str, str]:
+    """The keys for the server's environment, where our plugin reads them
+    (``sglang_seams/patches/admin_auth.py``); never its command line, where every
+    process listing shows them. Raises ValueError for a key flag aimed at SGLang
+    directly, and for an unauthenticated server on an address other machines reach."""
+    for flag in SECRET_FLAGS:
+        if launch.flag_given(sglang_flags, flag):  # pragma: no cover - argparse takes ours first
+            raise ValueError(f"{flag}: pass it to serve (or in the environment), not to SGLang")
+    env = {}
+    if args.api_key:
+        env[API_KEY_ENV] = args.api_key
+    if args.admin_api_key:
+        env[ADMIN_API_KEY_ENV] = args.admin_api_key
+    if not env and not is_loopback(args.host) and not args.allow_unauthenticated:
+        raise ValueError(
+            f"refusing to listen on {args.host} without an API key: anyone who reaches it could "
+            f"send requests and pause or reconfigure the server. Set {API_KEY_ENV} (and "
+            f"{ADMIN_API_KEY_ENV} for the admin routes), or pass --allow-unauthenticated")
+    return env
+
+
 def build_command(args: argparse.Namespace, sglang_flags: list[str]) -> tuple[list[str], dict, Path]:
     """The ``sglang.launch_server`` command line, its extra environment and model folder."""
+    keys = key_env(args, sglang_flags)
     size = with_kv_heads(get_size(args.size), args.kv_heads)
     weights = args.weights == "random" or (args.weights == "auto" and size.name == "tiny")
     if args.model_path and (Path(args.model_path) / "config.json").exists() and args.plan is None:
@@ -95,8 +128,7 @@ def build_command(args: argparse.Namespace, sglang_flags: list[str]) -> tuple[li
         kv_budget = CPU_KV_BUDGET  # else SGLang would size the pool from free RAM
     if kv_budget:
         env[KV_BUDGET_ENV] = str(parse_bytes(kv_budget))
-    if getattr(args, "api_key", None):
-        flags += ["--api-key", args.api_key]
+    env.update(keys)
     cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model_dir), *flags]
     return cmd, env, model_dir
 
@@ -122,7 +154,16 @@ def parser() -> argparse.ArgumentParser:
                     f"(default on a machine without a GPU: {CPU_KV_BUDGET})")
     ap.add_argument("--api-key", default=os.environ.get(API_KEY_ENV) or None,
                     help="require 'Authorization: Bearer KEY' on every endpoint but /health "
-                    f"and /metrics (SGLang's --api-key; default: ${API_KEY_ENV})")
+                    f"and /metrics (default: ${API_KEY_ENV}, the safer way: a flag shows in "
+                    "process listings until serve starts SGLang); it does not open the admin "
+                    "routes")
+    ap.add_argument("--admin-api-key", default=os.environ.get(ADMIN_API_KEY_ENV) or None,
+                    help="the only key that opens SGLang's admin routes (/flush_cache, "
+                    f"/pause_generation, weight updates, ...; default: ${ADMIN_API_KEY_ENV}); "
+                    "without it they answer 403 on a server with an API key")
+    ap.add_argument("--allow-unauthenticated", action="store_true",
+                    help="serve without any key on an address other machines can reach "
+                    "(refused otherwise)")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=30000)
     ap.add_argument("--fast-prefill", action=argparse.BooleanOptionalAction, default=True,
@@ -143,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"sglang-mixkv: model folder {model_dir}", file=sys.stderr)
-    print("sglang-mixkv: " + " ".join(f"{k}={v}" for k, v in env.items()) + " "
-          + " ".join(redact_argv(cmd)),
+    shown = {k: REDACTED if k in (API_KEY_ENV, ADMIN_API_KEY_ENV) else v for k, v in env.items()}
+    print("sglang-mixkv: " + " ".join(f"{k}={v}" for k, v in shown.items()) + " " + " ".join(cmd),
           file=sys.stderr, flush=True)
     if args.dry_run:
         return 0

@@ -19,6 +19,8 @@ None); every other model passes through them unchanged.
 
 ``patches/``: fixes for any model served with this plugin installed.
 
+- :mod:`.patches.admin_auth`: admin routes answer the admin key only; keys come from
+  the environment, never argv, and stay out of logs and ``/server_info``;
 - :mod:`.patches.validation`: token ids and vocabulary-sized options out of range get a
   400 before anything reaches the scheduler (stock 0.5.17 lets them kill the server);
 - :mod:`.patches.crash_fixes`: valid requests that stopped stock 0.5.17's scheduler;
@@ -48,6 +50,7 @@ class Hook(NamedTuple):
 def hooks(cuda: bool) -> list[Hook]:
     """Every hook this plugin installs (``cuda``: whether torch sees a GPU)."""
     from sglang_mixkv.sglang_seams.mixkv import fast_prefill, pools, radix
+    from sglang_mixkv.sglang_seams.patches import admin_auth as auth
     from sglang_mixkv.sglang_seams.patches import crash_fixes as fix
     from sglang_mixkv.sglang_seams.patches import validation as val
 
@@ -58,12 +61,18 @@ def hooks(cuda: bool) -> list[Hook]:
         Hook(radix.EVICT_SWA, radix.evict_swa_then_release, "AROUND"),
         Hook(fast_prefill.INIT_NEW, fast_prefill.mark_last_chunks, "AFTER"),
         # patches/: every model
+        Hook(auth.DECIDE, auth.admin_routes_need_the_admin_key, "AROUND"),
+        Hook(auth.CHECK_ARGS, auth.keys_from_environment, "BEFORE"),
+        Hook(auth.ARGS_REPR, auth.repr_without_keys, "AFTER"),
+        Hook(auth.SERVER_INFO_JSON, auth.json_without_keys, "AFTER"),
         Hook(val.GENERATE_REQUEST, val.validate_generate_request, "AROUND"),
         Hook(val.COMPLETION_TO_INTERNAL, val.validate_completion, "AFTER"),
         Hook(val.CREATE_ABORT_TASK, val.validate_before_stream, "BEFORE"),
         Hook(fix.TOKEN_IDS_LOGPROBS, fix.token_ids_logprobs_as_tensors, "AFTER"),
         Hook(fix.SAMPLER_LOGITS, fix.no_all_masked_rows, "AROUND"),
         Hook(fix.LOGPROB_META, fix.input_top_logprobs_always, "AFTER"),
+        *(Hook(target, fix.expert_records_need_a_recorder, "BEFORE")
+          for target in fix.EXPERT_RECORDS),
     ]
     if not cuda:  # xgrammar's pinned bitmask and its CUDA kernel
         listed += [Hook(fix.GRAMMAR_BITMASK, fix.unpinned_token_bitmask, "REPLACE"),

@@ -13,6 +13,8 @@ Speaks enough of SGLang (``/generate`` streaming, ``/flush_cache``, ``/server_in
     --first-delay S                    seconds before the first chunk (default: --token-delay),
                                        so TTFT and the gaps after it can be injected apart
     --tokens-per-chunk K               output tokens per chunk (ITL splitting)
+    --admin-key K / --flush-busy       ``/flush_cache`` wants bearer K (401 otherwise) / never
+                                       flushes (400, as SGLang while requests run)
     --metrics                          serve SGLang-named Prometheus ``/metrics`` (else 404, like
                                        SGLang without --enable-metrics): running = streams in
                                        flight, global pool usage = running / --pool-requests
@@ -140,6 +142,10 @@ class Stub:
     async def flush(self, request: web.Request) -> web.Response:
         if self.a.no_flush:
             return web.Response(status=404)
+        if self.a.flush_busy:  # what SGLang answers while requests still run
+            return web.Response(status=400, text="Cache not flushed: requests are running.\n")
+        if self.a.admin_key and request.headers.get("Authorization") != f"Bearer {self.a.admin_key}":
+            return web.Response(status=401, text='{"error": "Unauthorized"}')
         self.seen.clear()
         return web.Response(text="Cache flushed.\n")
 
@@ -191,6 +197,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--metrics", action="store_true")
     p.add_argument("--pool-requests", type=int, default=8)
     p.add_argument("--no-flush", action="store_true")
+    p.add_argument("--admin-key", help="/flush_cache answers 401 without this bearer key")
+    p.add_argument("--flush-busy", action="store_true", help="/flush_cache never flushes")
     return p.parse_args(argv)
 
 

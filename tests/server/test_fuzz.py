@@ -5,19 +5,23 @@ One tiny ``ma`` server under SGLang's strict per-step pool check
 killed stock SGLang 0.5.17 (each a 400 naming the field and the bound, the server still
 serving), a few hundred fuzzed bodies (:func:`sglang_mixkv.soak.fuzz_case`), and a short
 soak of mixed valid / invalid / aborted requests. After each request the scheduler must
-answer; at the end the KV pool must be empty. The seed is in every failure message:
-``MIXKV_FUZZ_SEED=N`` reruns it (``MIXKV_FUZZ_REQUESTS`` changes the count).
+answer; at the end the KV pool must be empty. The server has an inference key, which the
+test holds, and an admin key, which it never does: admin routes are in the fuzzed mix and
+must be refused. The seed is in every failure message: ``MIXKV_FUZZ_SEED=N`` reruns it
+(``MIXKV_FUZZ_REQUESTS`` changes the count).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 
 import pytest
 import requests
 
 from mixkv_bench import soak
+from sglang_mixkv.defaults import auth_headers
 from sglang_mixkv.model_folder import SIZES
 from tests.helpers.serving import start_server
 
@@ -27,6 +31,8 @@ V = SIZE.vocab
 SEED = int(os.environ.get("MIXKV_FUZZ_SEED", "11"))
 FUZZ_REQUESTS = int(os.environ.get("MIXKV_FUZZ_REQUESTS", "300"))
 SP = {"max_new_tokens": 2}
+KEY = "fuzz-" + secrets.token_hex(8)
+HEADERS = auth_headers(KEY)
 
 #: (what, path, body, words the 400's message must contain). Each of these killed the
 #: server or was accepted silently before sglang_seams.validation (see its docstring).
@@ -87,20 +93,23 @@ def server(tmp_path_factory):
     s = start_server(["--plan", "ma", "--size", "tiny", "--model-path", str(tmp / "ma"),
                       "--kv-budget", "16MiB", "--max-running-requests", "8",
                       "--chunked-prefill-size", "128", "--enable-metrics"],
-                     log=tmp / "server.log", env=soak.STRICT_MEM_CHECK)
+                     log=tmp / "server.log",
+                     env={**soak.STRICT_MEM_CHECK, "MIXKV_API_KEY": KEY,
+                          "MIXKV_ADMIN_API_KEY": secrets.token_hex(16)})
     yield s
     s.stop()
 
 
 def _served(s) -> bool:
     r = s.post("/generate", {"input_ids": [5, 6, 7], "sampling_params": {"max_new_tokens": 3,
-                                                                          "ignore_eos": True}})
+                                                                          "ignore_eos": True}},
+               headers=HEADERS)
     return r.status_code == 200 and r.json()["meta_info"]["completion_tokens"] == 3
 
 
 def test_bad_inputs_are_400s_naming_field_and_bound(server):
     for what, path, body, words in BAD:
-        r = requests.post(server.url + path, json=body, timeout=60)
+        r = requests.post(server.url + path, json=body, timeout=60, headers=HEADERS)
         assert r.status_code == 400, f"{what}: {r.status_code} {r.text[:300]}"
         msg = r.json()["error"]["message"] if "error" in r.json() else r.json()["message"]
         assert all(w in msg for w in words), f"{what}: {msg!r} lacks {words}"
@@ -108,27 +117,29 @@ def test_bad_inputs_are_400s_naming_field_and_bound(server):
     # the bounds themselves are fine
     r = server.post("/generate", {"input_ids": [0, V - 1], "sampling_params": SP,
                                   "return_logprob": True, "top_logprobs_num": V,
-                                  "token_ids_logprob": [0, V - 1]})
+                                  "token_ids_logprob": [0, V - 1]}, headers=HEADERS)
     assert r.status_code == 200, r.text
     assert len(r.json()["meta_info"]["output_top_logprobs"][0]) == V
 
 
 def test_fuzzed_requests_never_take_the_server_down(server):
-    cases = soak.make_cases(FUZZ_REQUESTS, SEED, V, SIZE.max_position, "fuzz")
-    s = asyncio.run(soak.run(server.url, cases, concurrency=4, seed=SEED))
+    cases = soak.make_cases(FUZZ_REQUESTS, SEED, V, SIZE.max_position, "fuzz", keyed=True)
+    assert {"admin", "fuzz"} == {c.kind for c in cases}
+    s = asyncio.run(soak.run(server.url, cases, concurrency=4, seed=SEED, headers=HEADERS))
     assert not s.failures, s.failure_text()
     assert server.alive(), f"seed {SEED}: the server exited"
-    assert s.pool["global_tokens_used"] == 0 and s.pool["local_token_usage"] == 0, \
-        f"seed {SEED}: KV left in the pool after the fuzz run: {s.pool}"
+    assert set(s.pool["pools"]) == {"global_tokens_used", "local_token_usage"}
+    assert not s.pool_problems(), f"seed {SEED}: after the fuzz run: {s.pool_problems()}"
     assert "leak" not in server.log_text().lower()
     statuses = {st for v in s.kinds.values() for st in v}
     assert any(st.startswith("200") for st in statuses) and "400" in statuses, s.kinds
+    assert set(s.kinds["admin"]) <= {"401", "403"}, s.kinds["admin"]
 
 
 def test_short_soak_of_mixed_requests(server):
     """The CI-sized variant of ``python -m sglang_mixkv.soak`` (1,200 requests there)."""
-    cases = soak.make_cases(120, SEED + 1, V, SIZE.max_position, "soak")
-    s = asyncio.run(soak.run(server.url, cases, concurrency=12, seed=SEED + 1))
+    cases = soak.make_cases(120, SEED + 1, V, SIZE.max_position, "soak", keyed=True)
+    s = asyncio.run(soak.run(server.url, cases, concurrency=12, seed=SEED + 1, headers=HEADERS))
     assert not s.failures, s.failure_text()
     assert s.ok(), s.pool
     assert set(s.kinds) == set(soak.KINDS), s.kinds

@@ -28,19 +28,38 @@ def serve_dry_run(args: list[str], env: dict, tmp_path: Path) -> subprocess.Comp
                                "MIXKV_MODELS": str(tmp_path), "PATH": "/usr/bin:/bin"})
 
 
+ADMIN = "a-" + "5" * 30
+
+
 @pytest.mark.parametrize("how", ["env", "flag"])
-def test_serve_passes_the_key_to_sglang_and_never_prints_it(how, tmp_path):
-    args, env = (["--api-key", KEY], {}) if how == "flag" else ([], {"MIXKV_API_KEY": KEY})
+def test_serve_passes_keys_in_the_environment_never_argv(how, tmp_path):
+    """SGLang would take ``--api-key`` from its command line, which every process listing
+    shows: serve hands both keys over in the environment (our plugin reads them there)."""
+    args, env = ((["--api-key", KEY, "--admin-api-key", ADMIN], {}) if how == "flag" else
+                 ([], {"MIXKV_API_KEY": KEY, "MIXKV_ADMIN_API_KEY": ADMIN}))
     r = serve_dry_run(["--plan", "ma", *args], env, tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "--api-key ***" in r.stderr and KEY not in r.stderr + r.stdout
+    assert "MIXKV_API_KEY=*** MIXKV_ADMIN_API_KEY=***" in r.stderr
+    assert "--api-key" not in r.stderr and "--admin-api-key" not in r.stderr
+    assert KEY not in r.stderr + r.stdout and ADMIN not in r.stderr + r.stdout
     r = serve_dry_run(["--plan", "ma"], {}, tmp_path)
-    assert "--api-key" not in r.stderr
+    assert r.returncode == 0 and "MIXKV_API_KEY" not in r.stderr
 
 
-def test_docker_run_with_the_key_in_the_environment(tmp_path):
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "::", "myhost"])
+def test_serve_refuses_to_listen_unauthenticated_beyond_loopback(host, tmp_path):
+    r = serve_dry_run(["--plan", "ma", "--host", host], {}, tmp_path)
+    assert r.returncode == 2 and "refusing to listen" in r.stderr and "MIXKV_API_KEY" in r.stderr
+    r = serve_dry_run(["--plan", "ma", "--host", host, "--allow-unauthenticated"], {}, tmp_path)
+    assert r.returncode == 0, r.stderr
+    for loopback in ("127.0.0.1", "localhost", "::1"):
+        assert serve_dry_run(["--plan", "ma", "--host", loopback], {}, tmp_path).returncode == 0
+
+
+def test_docker_run_needs_a_key_or_an_explicit_choice(tmp_path):
     """``docker run -e MIXKV_API_KEY IMAGE --plan ma-offset``: the image's entrypoint and
-    env plus the key resolve to a server started with ``--api-key``."""
+    env plus the key resolve to a keyed server on 0.0.0.0; without a key the image refuses
+    to start unless ``--allow-unauthenticated`` is given."""
     import dockerfile
 
     by = {c.cmd.upper(): c for c in dockerfile.parse_file(str(REPO / "Dockerfile"))}
@@ -48,7 +67,10 @@ def test_docker_run_with_the_key_in_the_environment(tmp_path):
     args = list(by["ENTRYPOINT"].value[3:]) + list(by["CMD"].value)
     r = serve_dry_run(args, {**env, "MIXKV_API_KEY": KEY}, tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "--host 0.0.0.0" in r.stderr and "--api-key ***" in r.stderr
+    assert "--host 0.0.0.0" in r.stderr and "MIXKV_API_KEY=***" in r.stderr
+    r = serve_dry_run(args, env, tmp_path)
+    assert r.returncode == 2 and "refusing to listen on 0.0.0.0" in r.stderr
+    assert serve_dry_run(args + ["--allow-unauthenticated"], env, tmp_path).returncode == 0
 
 
 def test_harness_sends_the_key_and_keeps_it_out_of_results():
@@ -56,8 +78,9 @@ def test_harness_sends_the_key_and_keeps_it_out_of_results():
     assert client.auth_headers(None) == {}
     argv = ["harness", "run", "--api-key", KEY, "--url", "u", f"--api-key={KEY}"]
     assert KEY not in json.dumps(redact_argv(argv))
-    cfg = runner.RunConfig(url="u", out=Path("o"), api_key=KEY)
-    assert KEY not in json.dumps(cfg.to_json(), default=str) and KEY not in repr(cfg)
+    cfg = runner.RunConfig(url="u", out=Path("o"), api_key=KEY, admin_api_key=ADMIN)
+    for secret in (KEY, ADMIN):
+        assert secret not in json.dumps(cfg.to_json(), default=str) and secret not in repr(cfg)
 
 
 class _Keyed(BaseHTTPRequestHandler):

@@ -48,7 +48,8 @@ def test_default_command_resolves(tmp_path):
     env = dict(zip(by["ENV"].value[0::2], by["ENV"].value[1::2]))
     args = list(by["ENTRYPOINT"].value[3:]) + list(by["CMD"].value) + ["--dry-run"]
     r = subprocess.run([sys.executable, "-m", "sglang_mixkv.serve", *args], capture_output=True,
-                       text=True, env={**env, "MIXKV_MODELS": str(tmp_path), "PATH": "/usr/bin:/bin"},
+                       text=True, env={**env, "MIXKV_MODELS": str(tmp_path), "PATH": "/usr/bin:/bin",
+                                       "MIXKV_API_KEY": "k" * 32},  # 0.0.0.0 needs a key
                        cwd=REPO, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "paper-ma-offset-dummy" in r.stderr and "--load-format dummy" in r.stderr

@@ -48,6 +48,38 @@ def test_cached_tokens_and_flush(tmp_path):
     assert [r["cached_tokens"] for r in records(e)] == [0, 0]  # flushed between levels
 
 
+def test_flush_with_the_admin_key_or_a_note_without_it(tmp_path):
+    """A server whose /flush_cache wants an admin key: with the key every level is
+    flushed; without it the run still measures, and its meta and report say the levels
+    ran unflushed (a run against a server it did not start)."""
+    with stub("--admin-key", "adm") as (url, _):
+        d = run_inproc(url, tmp_path / "a", concurrency=[1, 2], admin_api_key="adm")
+        e = run_inproc(url, tmp_path / "b", concurrency=[1, 2])
+    assert json.loads((d / "meta.json").read_text())["flush"] == {"1": "ok", "2": "ok"}
+    meta = json.loads((e / "meta.json").read_text())
+    assert meta["status"] == "complete" and meta["flush"] == {"1": "refused"}
+    assert "admin key" in meta["flush_note"]
+    from harness import report
+
+    assert "refused /flush_cache without its admin key" in \
+        report.render([e], e)["md"].read_text()
+
+
+def test_a_flush_that_fails_stops_the_run(tmp_path, monkeypatch):
+    """The wrong admin key, or a server that never flushes: the run stops (status
+    failed), keeping the levels it finished."""
+    from harness import runner
+
+    with stub("--admin-key", "adm") as (url, _):
+        with pytest.raises(runner.FlushError, match="refused /flush_cache with the admin key"):
+            run_inproc(url, tmp_path / "a", admin_api_key="wrong")
+    assert json.loads((tmp_path / "a" / "meta.json").read_text())["status"] == "failed"
+    monkeypatch.setattr(runner, "FLUSH_RETRY_S", 1.0)
+    with stub("--flush-busy") as (url, _):
+        with pytest.raises(runner.FlushError, match="kept failing"):
+            run_inproc(url, tmp_path / "b")
+
+
 def test_vocab_discovered_from_server_model_folder(tmp_path):
     with stub("--vocab", "40") as (url, _):
         d = run_inproc(url, tmp_path / "r", id_range=None, num_prompts=2)

@@ -30,6 +30,13 @@ request (``batch_result_processor.py:578-588, 716-728``); other rows are untouch
 reads ``meta_info["input_top_logprobs"]`` (``serving_completions.py:283, 539``), which
 ``add_logprob_to_meta_info`` sets only for ``top_logprobs_num > 0``
 (``tokenizer_manager.py:2481-2515``). An AFTER hook sets it to ``[]`` otherwise.
+
+``/start_expert_distribution_record`` (and ``stop_`` / ``dump_``; admin routes) on a
+server started without ``--expert-distribution-recorder-mode`` killed the scheduler: the
+recorder raises there (``eplb/expert_distribution.py:116-131``, called from
+``Scheduler.expert_distribution_handle``, ``managers/scheduler.py:4705-4715``). A BEFORE
+hook on the tokenizer side (``managers/tokenizer_control_mixin.py:398-412``) answers
+400 instead of sending the request on.
 """
 
 from __future__ import annotations
@@ -41,6 +48,9 @@ GRAMMAR_BITMASK = "sglang.srt.constrained.xgrammar_backend._allocate_token_bitma
 GRAMMAR_APPLY = "sglang.srt.constrained.xgrammar_backend.XGrammarGrammar.apply_vocab_mask"
 SAMPLER_LOGITS = "sglang.srt.layers.sampler.Sampler._preprocess_logits"
 LOGPROB_META = "sglang.srt.managers.tokenizer_manager.TokenizerManager.add_logprob_to_meta_info"
+_MIXIN = "sglang.srt.managers.tokenizer_control_mixin.TokenizerControlMixin."
+EXPERT_RECORDS = tuple(_MIXIN + f"{verb}_expert_distribution_record"
+                       for verb in ("start", "stop", "dump"))
 
 
 def token_ids_logprobs_as_tensors(result: tuple, logprobs: Any, *args: Any, **kwargs: Any):
@@ -92,4 +102,15 @@ def input_top_logprobs_always(result: Any, self: Any, meta_info: dict, *args: An
     """AFTER hook on ``TokenizerManager.add_logprob_to_meta_info``: ``meta_info`` always
     has ``input_top_logprobs`` (empty when none were asked for)."""
     meta_info.setdefault("input_top_logprobs", [])
+    return None
+
+
+def expert_records_need_a_recorder(self: Any, *args: Any, **kwargs: Any) -> None:
+    """BEFORE ``TokenizerControlMixin.{start,stop,dump}_expert_distribution_record``."""
+    if getattr(self.server_args, "expert_distribution_recorder_mode", None) is None:
+        from fastapi import HTTPException
+
+        raise HTTPException(status_code=400, detail=(
+            "expert distribution recording is off: start the server with "
+            "--expert-distribution-recorder-mode"))
     return None
