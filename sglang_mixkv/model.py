@@ -46,8 +46,10 @@ from sglang.srt.model_loader.weight_utils import default_weight_loader
 from sglang.srt.runtime_context import get_parallel
 from sglang.srt.utils import add_prefix
 
+from sglang_mixkv import adakv
 from sglang_mixkv import plan as plans
 from sglang_mixkv.rope import Rope
+from sglang_mixkv.sglang_seams.mixkv import adakv as adakv_seam
 from sglang_mixkv.sglang_seams.mixkv import fast_prefill
 
 logger = logging.getLogger(__name__)
@@ -92,6 +94,16 @@ def _checkpoint_heads(config) -> int:
     return getattr(config, "original_num_attention_heads", None) or config.num_attention_heads
 
 
+def _page_size() -> int:
+    """SGLang's ``--page-size`` (1 outside a server)."""
+    try:
+        from sglang.srt.server_args import get_global_server_args
+
+        return int(get_global_server_args().page_size or 1)
+    except Exception:  # noqa: BLE001 - no server args published (a test building the model)
+        return 1
+
+
 def _head_dim(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // _checkpoint_heads(config)
 
@@ -116,6 +128,8 @@ class MixAttention(nn.Module):
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
         self.rope = rope
+        #: Ada-KV's hook (set by the model when Ada-KV is on): window queries for scoring
+        self.ada: Optional[adakv_seam.ModelHook] = None
         if self.is_producer:
             self.qkv_proj = QKVParallelLinear(
                 config.hidden_size, self.head_dim, heads, kv_heads, bias=False,
@@ -144,15 +158,23 @@ class MixAttention(nn.Module):
             qkv, _ = self.qkv_proj(hidden)
             q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
             q, k = self.rope(positions, q, k)
+            self._stash(forward_batch, q)
             kv[self.layer_id] = (k, v)
             out = self.attn(q, k, v, forward_batch)
         else:
             q, _ = self.q_proj(hidden)
             q, _ = self.rope(positions, q)
+            self._stash(forward_batch, q)
             k, v = kv[self.source]
             out = self.attn(q, k, v, forward_batch, save_kv_cache=False)
         out, _ = self.o_proj(out)
         return out
+
+    def _stash(self, forward_batch, q: torch.Tensor) -> None:
+        """Ada-KV: hand this layer's window queries to the hook, if it scores with them."""
+        ada = self.ada
+        if ada is not None and ada.batch is not None and ada.scores_with(self.layer_id, self.source):
+            ada.stash(forward_batch, self.source, self.layer_id, q, self.num_heads, self.head_dim)
 
 
 class MLP(nn.Module):
@@ -221,6 +243,15 @@ class MixAttentionModel(nn.Module):
         #: the producers the tail reads: the only K/V it needs at its rows
         self.tail_sources = sorted({plan.layers[i].source for i in plan.tail})
         self.log_tail = fast_prefill.log_enabled()
+        #: Ada-KV (None: off): scoring, compaction and kept-set bookkeeping
+        cfg = adakv.config_for(config)
+        self.ada = None
+        if cfg is not None:
+            cfg.check(plan, getattr(config, "sliding_window", None) if plan.local_producers else None)
+            adakv_seam.configure(cfg, _page_size())
+            self.ada = adakv_seam.ModelHook(cfg, plan)
+            for layer in self.layers:
+                layer.self_attn.ada = self.ada
 
     def forward(self, input_ids, positions, forward_batch, input_embeds=None):
         """Every layer on every row; the final-norm hidden states [tokens, hidden]."""
@@ -300,15 +331,22 @@ class MixAttentionForCausalLM(nn.Module):
     @torch.no_grad()
     def forward(self, input_ids, positions, forward_batch: ForwardBatch,
                 input_embeds=None, get_embedding: bool = False, **_):
+        ada = self.model.ada
+        if ada is not None:
+            ada.begin(forward_batch)
         rows = None
         if self.model.tail_start is not None and not get_embedding:
-            rows = fast_prefill.tail_rows(forward_batch)
+            rows = fast_prefill.tail_rows(
+                forward_batch, ada.tail_rows_needed(forward_batch) if ada is not None else None)
         if rows is None:
             hidden = self.model(input_ids, positions, forward_batch, input_embeds)
         else:
             hidden = self.model.forward_tail_rows(input_ids, positions, forward_batch, rows,
                                                   input_embeds)
-        return self.logits_processor(input_ids, hidden, self.lm_head, forward_batch)
+        out = self.logits_processor(input_ids, hidden, self.lm_head, forward_batch)
+        if ada is not None:
+            ada.finish(forward_batch, self.model.layers, out)
+        return out
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         stacked = [  # (our param, checkpoint name, shard)

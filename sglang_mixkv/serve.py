@@ -21,6 +21,7 @@ from pathlib import Path
 
 from sglang_mixkv import device
 from sglang_mixkv import plan as plans
+from sglang_mixkv.adakv import AdaKVConfig, AdaKVError
 from sglang_mixkv.defaults import (ADMIN_API_KEY_ENV, API_KEY_ENV, CPU_KV_BUDGET, KV_BUDGET_ENV,
                                    MODELS_ENV, REDACTED, SECRET_FLAGS, SERVE_DEFAULTS, SIZE_ENV,
                                    eviction_interval, parse_bytes)
@@ -76,6 +77,16 @@ def key_env(args: argparse.Namespace, sglang_flags: list[str]) -> dict[str, str]
     return env
 
 
+def adakv_config(args: argparse.Namespace, plan: plans.Plan, cfg: dict) -> AdaKVConfig | None:
+    """Ada-KV's settings from the flags, checked against the plan (AdaKVError)."""
+    if args.adakv_budget is None:
+        return None
+    ada = AdaKVConfig(budget=args.adakv_budget, window=args.adakv_window, alpha=args.adakv_alpha,
+                      kernel=args.adakv_kernel, scoring=args.adakv_scoring)
+    ada.check(plan, int(cfg.get("sliding_window") or 0) if plan.local_producers else None)
+    return ada
+
+
 def build_command(args: argparse.Namespace, sglang_flags: list[str]) -> tuple[list[str], dict, Path]:
     """The ``sglang.launch_server`` command line, its extra environment and model folder."""
     keys = key_env(args, sglang_flags)
@@ -113,6 +124,11 @@ def build_command(args: argparse.Namespace, sglang_flags: list[str]) -> tuple[li
 
     env = launch.flashinfer_env(plan, flags)
     flags = launch.fast_prefill_flags(plan, flags, args.fast_prefill, gpu)
+    ada = adakv_config(args, plan, cfg)
+    if ada is not None and gpu and not launch.flag_given(flags, "--disable-cuda-graph"):
+        print("sglang-mixkv: Ada-KV: CUDA graphs off (a captured decode replays fixed index "
+              "lists, not per-head kept cells)", file=sys.stderr)
+    flags = launch.adakv_flags(ada, flags, gpu)
     if not gpu:
         env.update(launch.cpu_tp_env(flags))
     if not gpu and "OMP_NUM_THREADS" not in os.environ:
@@ -169,6 +185,18 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--fast-prefill", action=argparse.BooleanOptionalAction, default=True,
                     help="run the consumer-only layers after the last producer on the rows "
                     "whose logits are read only (exact; default on; see README)")
+    ada = ap.add_argument_group("Ada-KV (head-adaptive KV budgets for the global producers)")
+    ada.add_argument("--adakv-budget", type=int, help="average prompt tokens each KV head of "
+                     "a global producer keeps (observation window included); prompts of at "
+                     "least this many tokens are compressed after their prefill")
+    ada.add_argument("--adakv-window", type=int, default=32,
+                     help="observation window: the last prompt queries that score (32)")
+    ada.add_argument("--adakv-alpha", type=float, default=0.2,
+                     help="each head's floor share of the budget (0.2; 1 = SnapKV's uniform)")
+    ada.add_argument("--adakv-kernel", type=int, default=7, help="max-pooling width (odd, 7)")
+    ada.add_argument("--adakv-scoring", choices=["producer", "readers"], default="producer",
+                     help="whose queries score a shared KV head: the producer's (AdaKV's "
+                     "per-layer rule) or every layer that reads it")
     ap.add_argument("--dry-run", action="store_true", help="print the command and exit")
     return ap
 
@@ -179,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         cmd, env, model_dir = build_command(args, sglang_flags)
     except plans.PlanError as e:
         print(f"error: invalid plan: {e}", file=sys.stderr)
+        return 2
+    except AdaKVError as e:
+        print(f"error: invalid Ada-KV setting: {e}", file=sys.stderr)
         return 2
     except (ValueError, device.DeviceError) as e:  # e.g. a GPU torch cannot use
         print(f"error: {e}", file=sys.stderr)

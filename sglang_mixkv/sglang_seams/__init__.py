@@ -15,7 +15,9 @@ None); every other model passes through them unchanged.
 - :mod:`.mixkv.triton`: the ``triton`` backend (the GPU default) decodes over W keys
   like its extend, and builds no window lists for plans without local layers;
 - :mod:`.mixkv.fast_prefill`: which rows of an extend batch the consumer-only tail
-  computes, the narrowed batch it attends with, which chunks are a request's last.
+  computes, the narrowed batch it attends with, which chunks are a request's last;
+- :mod:`.mixkv.adakv`: Ada-KV's per-head budgets: private requests in the radix cache,
+  scoring and compaction after the prompt, freeing, decode over the kept cells.
 
 ``patches/``: fixes for any model served with this plugin installed.
 
@@ -49,7 +51,7 @@ class Hook(NamedTuple):
 
 def hooks(cuda: bool) -> list[Hook]:
     """Every hook this plugin installs (``cuda``: whether torch sees a GPU)."""
-    from sglang_mixkv.sglang_seams.mixkv import fast_prefill, pools, radix
+    from sglang_mixkv.sglang_seams.mixkv import adakv, fast_prefill, pools, radix
     from sglang_mixkv.sglang_seams.patches import admin_auth as auth
     from sglang_mixkv.sglang_seams.patches import crash_fixes as fix
     from sglang_mixkv.sglang_seams.patches import validation as val
@@ -60,6 +62,10 @@ def hooks(cuda: bool) -> list[Hook]:
         Hook(radix.RADIX_FACTORY, radix.radix_cache_factory, "AROUND"),
         Hook(radix.EVICT_SWA, radix.evict_swa_then_release, "AROUND"),
         Hook(fast_prefill.INIT_NEW, fast_prefill.mark_last_chunks, "AFTER"),
+        Hook(adakv.INIT_NEW, adakv.remember_batch, "AFTER"),
+        Hook(adakv.MAX_PREFIX, adakv.max_prefix_len, "AROUND"),
+        Hook(adakv.RESET_RETRACT, adakv.drop_on_retract, "AFTER"),
+        *(Hook(target, adakv.cache_unfinished, "AROUND") for target in adakv.CACHE_UNFINISHED),
         # patches/: every model
         Hook(auth.DECIDE, auth.admin_routes_need_the_admin_key, "AROUND"),
         Hook(auth.CHECK_ARGS, auth.keys_from_environment, "BEFORE"),

@@ -12,6 +12,7 @@ import json
 import os
 
 from sglang_mixkv import plan as plans
+from sglang_mixkv.adakv import CONFIG_KEY as ADAKV_CONFIG_KEY
 from sglang_mixkv.defaults import FAST_PREFILL_CONFIG_KEY
 
 
@@ -131,3 +132,42 @@ def cpu_tp_env(flags: list[str]) -> dict[str, str]:
     groups = [cores[r * per:(r + 1) * per] for r in range(tp)]
     return {"SGLANG_CPU_OMP_THREADS_BIND": "|".join(
         f"{g[0]}-{g[-1]}" if len(g) > 1 else str(g[0]) for g in groups)}
+
+
+def adakv_flags(cfg, flags: list[str], gpu: bool) -> list[str]:
+    """``flags`` with Ada-KV's settings (``mixkv_adakv`` in the model's config, through
+    ``--json-model-override-args``) and its conditions; ValueError for a combination it
+    does not support, naming why.
+
+    - attention backends: ``torch_native`` and ``triton`` attend over per-head kept cells
+      (``patches/torch_native.py``, ``mixkv/triton.py``); flashinfer, fa3 and the others
+      would read the compacted region as positions: refused.
+    - ``--enable-mixed-chunk``: a compressed request must never extend again (its prompt
+      KV is no longer position-ordered); mixed batches extend and decode together: refused.
+    - speculative decoding and DP attention: not built for (refused).
+    - CUDA graphs: a captured decode replays fixed index lists, not per-head ones, so on a
+      GPU serve turns them off (``--disable-cuda-graph``) unless told otherwise, which is
+      refused."""
+    if cfg is None:
+        return flags
+    backends = {flag_value(flags, f) for f in ("--attention-backend", "--decode-attention-backend",
+                                               "--prefill-attention-backend")} - {None}
+    bad = backends - {"torch_native", "triton"}
+    if bad:
+        raise ValueError(f"Ada-KV attends over per-head kept cells with the torch_native and "
+                         f"triton backends only; {', '.join(sorted(bad))} would read the "
+                         "compressed region as positions")
+    for flag, why in (("--enable-mixed-chunk", "a compressed request must never extend again"),
+                      ("--speculative-algorithm", "speculative decoding is not supported"),
+                      ("--enable-dp-attention", "DP attention is not supported")):
+        if flag_given(flags, flag):
+            raise ValueError(f"Ada-KV with {flag}: {why}")
+    if gpu:
+        graphs = [f for f in ("--cuda-graph-config", "--cuda-graph-max-bs",
+                              "--cuda-graph-backend-decode") if flag_given(flags, f)]
+        if graphs:
+            raise ValueError(f"Ada-KV with {', '.join(graphs)}: a decode CUDA graph replays "
+                             "fixed index lists, not per-head kept cells")
+        if not flag_given(flags, "--disable-cuda-graph"):
+            flags = flags + ["--disable-cuda-graph"]
+    return with_model_override(flags, ADAKV_CONFIG_KEY, cfg.to_config())

@@ -138,8 +138,10 @@ def _full_path_reason(fb) -> Optional[str]:
     return None
 
 
-def tail_rows(fb) -> Optional[TailRows]:
-    """The rows the logits processor reads, or None for the full path."""
+def tail_rows(fb, at_least: Optional[list[int]] = None) -> Optional[TailRows]:
+    """The rows the logits processor reads (and, per request, at least ``at_least[i]``
+    rows at the end of its extend: Ada-KV's window rows when consumers score), or None
+    for the full path."""
     if _full_path_reason(fb) is not None:
         return None
     ext, starts = fb.extend_seq_lens_cpu, fb.extend_logprob_start_lens_cpu
@@ -152,6 +154,8 @@ def tail_rows(fb) -> Optional[TailRows]:
             counts.append(min(1, n))  # the row it samples from
         else:
             counts.append(0)  # a middle chunk: its sample is thrown away
+    if at_least is not None:
+        counts = [min(n, max(k, extra)) for n, k, extra in zip(ext, counts, at_least)]
     if sum(counts) >= sum(ext):
         return None  # nothing to save
     index, offset = [], 0
@@ -171,6 +175,7 @@ def narrowed(fb, rows: TailRows):
     counts = torch.tensor(rows.counts, dtype=fb.extend_seq_lens.dtype, device=dev)
     view = copy.copy(fb)
     view.batch_size = len(rows.reqs)
+    view.rids = [fb.rids[j] for j in rows.reqs] if fb.rids is not None else None
     view.req_pool_indices = fb.req_pool_indices[sel]
     view.seq_lens = fb.seq_lens[sel]
     view.seq_lens_cpu = fb.seq_lens_cpu[rows.reqs] if fb.seq_lens_cpu is not None else None

@@ -25,15 +25,27 @@ A plan without local producers still runs on the hybrid pool (it has consumers),
 SGLang then hands the backend a window of ``max_position_embeddings``: stock triton
 would build a second, full-length index list every step that no layer reads. Here the
 backend has no window at all for such plans.
+
+**Ada-KV decode** (``mixkv/adakv.py``): in a batch with compressed requests, a global
+layer's decode runs SGLang's own ``decode_attention_fwd`` over a batch expanded to
+``batch x KV heads`` rows: row ``(i, h)`` holds request i's query heads of KV head h
+(``q.view(bs * H, G, D)``), the K/V buffers are viewed as one head per cell
+(``[slots * H, 1, D]``, so the kernel derives one KV head and a group of G,
+``kernels/ops/attention/decode_attention.py:995-997``), and each row's index list is
+its head's cells (uncompressed requests: every slot of the sequence). The split
+buffers are the batch's own, viewed the same way. Eager only: serve turns CUDA graphs
+off with Ada-KV.
 """
 
 from __future__ import annotations
 
 import logging
 
-from sglang.srt.layers.attention.triton_backend import TritonAttnBackend
+import torch
+from sglang.srt.layers.attention.triton_backend import TritonAttnBackend, logit_capping_mod
 
 from sglang_mixkv import plan as plans
+from sglang_mixkv.sglang_seams.mixkv import adakv
 
 logger = logging.getLogger(__name__)
 
@@ -65,3 +77,52 @@ class WindowedTritonBackend(TritonAttnBackend):
         else:
             logger.info("mixkv triton: decode attends over the last %d keys", window)
         self.sliding_window_size = window
+
+    def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
+        windowed = layer.sliding_window_size is not None and layer.sliding_window_size > -1
+        compressed = None if windowed else adakv.compressed_states(forward_batch)
+        if compressed is None:
+            return super().forward_decode(q, k, v, layer, forward_batch, save_kv_cache, **kwargs)
+        from sglang.srt.mem_cache.memory_pool import KVWriteLoc
+
+        if save_kv_cache:  # as TritonAttnBackend.forward_decode (triton_backend.py:1759-1771)
+            meta = self.forward_metadata
+            self._set_kv_buffer(forward_batch, layer, KVWriteLoc(
+                forward_batch.out_cache_loc, meta.swa_out_cache_loc,
+                full_loc=meta.out_cache_loc_full_physical), k, v, layer.k_scale, layer.v_scale)
+        return self._decode_per_head(q, layer, forward_batch, compressed)
+
+    def _decode_per_head(self, q, layer, forward_batch, compressed) -> torch.Tensor:
+        """Decode attention over each request's per-head cells (see the module doc)."""
+        heads, dim, v_dim = layer.tp_k_head_num, layer.qk_head_dim, layer.v_head_dim
+        group = layer.tp_q_head_num // heads
+        bs = q.shape[0]
+        lists = []
+        for i, (r, seq_len) in enumerate(zip(forward_batch.req_pool_indices.tolist(),
+                                             forward_batch.seq_lens.tolist())):
+            row = self.req_to_token[r]
+            for h in range(heads):
+                if compressed[i] is not None:
+                    lists.append(adakv.head_cells(compressed[i], layer.layer_id, h, row, seq_len))
+                else:
+                    lists.append(row[:seq_len].to(torch.int64) * heads + h)
+        lens = torch.tensor([x.numel() for x in lists], dtype=torch.int32, device=q.device)
+        indptr = torch.zeros(bs * heads + 1, dtype=torch.int64, device=q.device)
+        indptr[1:] = torch.cumsum(lens, 0)
+        indices = torch.cat(lists).to(q.device)
+        splits = torch.empty(bs * heads, dtype=torch.int32, device=q.device)
+        self.get_num_kv_splits(splits, lens)
+        meta = self.forward_metadata
+        o = q.new_empty((bs * heads, group, v_dim))
+        self.decode_attention_fwd(
+            q.reshape(bs * heads, group, dim),
+            self.token_to_kv_pool.get_key_buffer(layer.layer_id).view(-1, 1, dim),
+            self.token_to_kv_pool.get_value_buffer(layer.layer_id).view(-1, 1, v_dim),
+            o, indptr, indices,
+            meta.attn_logits[:bs].reshape(bs * heads, group, self.max_kv_splits, v_dim),
+            meta.attn_lse[:bs].reshape(bs * heads, group, self.max_kv_splits),
+            splits, self.max_kv_splits, layer.scaling, 1.0, 1.0,
+            logit_cap=logit_capping_mod(layer.logit_capping_method, layer.logit_cap),
+            page_size=1,  # the index lists name cells, not pages
+        )
+        return o.reshape(bs, layer.tp_q_head_num * v_dim)

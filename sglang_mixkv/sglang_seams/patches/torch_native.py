@@ -1,7 +1,9 @@
 """Seam: SGLang 0.5.17's ``torch_native`` attention backend, window- and SWA-pool-aware.
 
 Stock 0.5.17 reads SWA layers with full-pool indices (``torch_native_backend.py:135-139,
-236-239``) and ignores the window; :class:`WindowedTorchNativeBackend` replaces it.
+236-239``) and ignores the window; :class:`WindowedTorchNativeBackend` replaces it. Its
+decode also attends over Ada-KV-compressed requests (``mixkv/adakv.py``): per KV head,
+that head's kept cells and the tokens since the prompt.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+
+from sglang_mixkv.sglang_seams.mixkv import adakv
 
 
 def _torch_native_base():
@@ -94,8 +98,31 @@ class WindowedTorchNativeBackend(_torch_native_base()):
         self._save(layer, forward_batch, k, v, save_kv_cache)
         q = q.reshape(-1, layer.tp_q_head_num, layer.qk_head_dim)
         o = q.new_empty((q.shape[0], layer.tp_q_head_num, layer.v_head_dim))
+        compressed = None if self._window(layer) is not None else \
+            adakv.compressed_states(forward_batch)
         for i, (req, seq_len) in enumerate(
             zip(forward_batch.req_pool_indices.tolist(), forward_batch.seq_lens.tolist())
         ):
-            o[i : i + 1] = self._attend(q[i : i + 1], layer, req, seq_len - 1, seq_len)
+            if compressed is not None and compressed[i] is not None:
+                o[i] = self._attend_compressed(q[i], layer, compressed[i], req, seq_len)
+            else:
+                o[i : i + 1] = self._attend(q[i : i + 1], layer, req, seq_len - 1, seq_len)
         return o.view(-1, layer.tp_q_head_num * layer.v_head_dim)
+
+    def _attend_compressed(self, q, layer, c, req_pool_idx: int, seq_len: int) -> torch.Tensor:
+        """One decode query [heads, dim] of an Ada-KV-compressed request on a global layer:
+        each KV head attends over its own cells (``adakv.head_cells``)."""
+        heads = layer.tp_k_head_num
+        group = layer.tp_q_head_num // heads
+        row = self.req_to_token_pool.req_to_token[req_pool_idx]
+        k_flat = self.token_to_kv_pool.get_key_buffer(layer.layer_id).view(-1, layer.qk_head_dim)
+        v_flat = self.token_to_kv_pool.get_value_buffer(layer.layer_id).view(-1, layer.v_head_dim)
+        out = q.new_empty((layer.tp_q_head_num, layer.v_head_dim))
+        for h in range(heads):
+            cells = adakv.head_cells(c, layer.layer_id, h, row, seq_len)
+            qh = q[h * group : (h + 1) * group]  # [G, D]
+            out[h * group : (h + 1) * group] = torch.nn.functional.scaled_dot_product_attention(
+                qh.unsqueeze(1), k_flat[cells].unsqueeze(0).to(q.dtype),
+                v_flat[cells].unsqueeze(0).to(q.dtype), scale=layer.scaling,
+            ).squeeze(1)
+        return out

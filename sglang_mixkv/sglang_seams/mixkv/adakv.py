@@ -1,0 +1,429 @@
+"""Seam: Ada-KV inside SGLang 0.5.17 (the algorithm is :mod:`sglang_mixkv.adakv`).
+
+Life of a request whose prompt compresses (``P >= budget``); paths inside
+``sglang/srt/``:
+
+1. **Admission.** A compressing request is *private* to the radix cache: its prefix match
+   is capped at 0 (an AROUND hook on ``Req._compute_max_prefix_len``,
+   ``managers/schedule_batch.py:1367``, called by ``init_next_round_input`` with the
+   full prefill length, prompt plus any output of a retracted request) and
+   ``req.skip_radix_cache_insert`` is set, SGLang's own "never insert" flag
+   (``mem_cache/common.py:98-153``). Its KV is never inserted or matched: it is
+   rewritten in place below, so no other request may read it. Requests below the
+   budget use the tree as usual.
+2. **Prefill.** Chunks run as usual. While they run, the post-RoPE queries of the last
+   ``window`` prompt positions are stashed on the request, per global producer (and, with
+   ``scoring = readers``, per global consumer too); the window may span two chunks.
+   ``maybe_cache_unfinished_req`` (AROUND, in the two namespaces that call it:
+   ``managers/scheduler.py:2837`` between chunks, ``batch_result_processor.py:278`` after
+   the last) skips the tree for private requests and keeps ``req.prefix_indices`` on the
+   request's own slots, as SGLang's cache-disabled branch does.
+3. **Compression**, at the end of the forward pass that holds a request's last chunk
+   (:meth:`ModelHook.finish`): scores from the stashed queries against all P keys of the
+   producer's buffer, per-head kept sets, and compaction: head h's kept K/V (in position
+   order) move into cells ``[off[h], off[h+1])`` of the region of slots
+   ``req_to_token[r, cut:P]`` (a buffer ``[slots, H_kv, D]`` viewed as ``[slots * H_kv,
+   D]``). Local producers are untouched: ``cut <= P - W``, so their last window keeps its
+   slots (and SWA mapping).
+4. **Free.** When the scheduler processes that batch (the same ``maybe_cache_unfinished_req``
+   hook), slots ``[0, cut)`` go back to the allocator (full slots and their SWA slots)
+   and ``req.cache_protected_len`` moves to ``cut``, which SGLang's leak check
+   (``scheduler_components/invariant_checker.py:224-263``), its SWA eviction
+   (``mem_cache/common.py:47-95``) and ``cache_finished_req`` (which frees ``[cpl, L)``)
+   all honour.
+5. **Decode.** Every new token gets a normal slot, all heads' K/V in it. Attention of a
+   global layer (producer or consumer: consumers carry the producer's layer id) for a
+   compressed request reads, per KV head, its region cells and then the decode slots:
+   :func:`head_cells`, used by ``patches/torch_native.py`` and ``mixkv/triton.py``.
+6. **Retraction** frees the request's slots as usual (``cache_finished_req`` from
+   ``cpl = cut``); an AFTER hook on ``Req.reset_for_retract`` drops its compressed state,
+   and the re-prefill (prompt + output so far) is compressed again at its own end: the
+   observation window is then the last ``window`` tokens of that sequence.
+
+State lives on the ``Req`` object (``req.mixkv_ada``), in the scheduler process of each
+tensor-parallel rank; each rank selects for its own KV heads with its own query heads
+(per-rank allocation). Counters: ``mixkv:adakv_*`` in ``/metrics``; kept positions:
+``MIXKV_ADAKV_DEBUG_JSONL=path`` (one line per request, layer and head); kept counts in a
+response's ``meta_info["adakv"]`` when the request asks (``sampling_params.custom_params:
+{"adakv_kept": true}``), through ``LogitsProcessorOutput.customized_info``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+
+from sglang_mixkv import adakv as ada
+from sglang_mixkv import plan as plans
+
+logger = logging.getLogger(__name__)
+
+INIT_NEW = "sglang.srt.model_executor.forward_batch_info.ForwardBatch.init_new"
+MAX_PREFIX = "sglang.srt.managers.schedule_batch.Req._compute_max_prefix_len"
+RESET_RETRACT = "sglang.srt.managers.schedule_batch.Req.reset_for_retract"
+CACHE_UNFINISHED = ("sglang.srt.managers.scheduler.maybe_cache_unfinished_req",
+                    "sglang.srt.managers.scheduler_components.batch_result_processor."
+                    "maybe_cache_unfinished_req")
+DEBUG_ENV = "MIXKV_ADAKV_DEBUG_JSONL"
+ASK_KEY = "adakv_kept"  # sampling_params.custom_params key that asks for meta_info["adakv"]
+
+#: The served model's settings, set when the model is built (every scheduler process
+#: builds its model before it admits a request). None: Ada-KV off.
+_config: Optional[ada.AdaKVConfig] = None
+_page = 1
+
+
+def configure(cfg: Optional[ada.AdaKVConfig], page_size: int = 1) -> None:
+    global _config, _page
+    _config, _page = cfg, max(1, int(page_size or 1))
+
+
+def enabled() -> bool:
+    return _config is not None
+
+
+@dataclass
+class Compressed:
+    """A compressed request's KV layout (owned by ``req.mixkv_ada``).
+
+    ``cells``: flat cell indices ``slot * H + h`` of the region ``req_to_token[r, cut:P]``,
+    slot-major; ``offsets[layer]``: [H + 1] cumulative cell counts of that global
+    producer's heads; ``kept[layer]``: per head, the kept prompt positions (ascending)."""
+
+    prompt_len: int
+    cut: int
+    heads: int
+    cells: torch.Tensor
+    offsets: dict[int, torch.Tensor]
+    kept: dict[int, list[torch.Tensor]]
+    freed: bool = False
+
+
+@dataclass
+class State:
+    """Per-request Ada-KV state: the prefill length it compresses at and, while the
+    prompt runs, the stashed window queries ``{producer: {reader: {position: q}}}``."""
+
+    prompt_len: int
+    stash: dict[int, dict[int, dict[int, torch.Tensor]]] = field(default_factory=dict)
+    compressed: Optional[Compressed] = None
+
+
+def state(req) -> Optional[State]:
+    return getattr(req, "mixkv_ada", None)
+
+
+# ---- scheduler side -------------------------------------------------------------------------
+def max_prefix_len(original: Callable, req, input_len: int, *args, **kwargs) -> int:
+    """AROUND ``Req._compute_max_prefix_len``: a compressing request matches nothing and is
+    never inserted (private); any other request is left to SGLang."""
+    limit = original(req, input_len, *args, **kwargs)
+    if _config is None:
+        return limit
+    if _config.compresses(input_len):
+        st = state(req)
+        if st is None or st.prompt_len != input_len or st.compressed is not None:
+            req.mixkv_ada = State(prompt_len=input_len)  # (called again for every chunk)
+        req.skip_radix_cache_insert = True
+        return 0
+    if state(req) is not None:  # e.g. retracted earlier: no longer ours
+        req.mixkv_ada = None
+        req.skip_radix_cache_insert = False
+    return limit
+
+
+def drop_on_retract(result, req, *args, **kwargs):
+    """AFTER ``Req.reset_for_retract``: the re-prefill decides (and compresses) anew."""
+    if state(req) is not None:
+        req.mixkv_ada = None
+    return result
+
+
+def cache_unfinished(original: Callable, req, tree_cache, *args, **kwargs):
+    """AROUND ``maybe_cache_unfinished_req``: private requests keep their own slots as
+    their prefix (SGLang's cache-disabled branch); after the prompt's last chunk, a
+    compressed request returns ``[cpl, cut)`` to the allocator."""
+    st = state(req)
+    if st is None:
+        return original(req, tree_cache, *args, **kwargs)
+    pool = tree_cache.req_to_token_pool
+    if kwargs.get("chunked", False) and tree_cache.supports_swa():
+        _free_swa_behind_the_chunk(req, tree_cache)
+    # int64, as chunk_cache.py:94 keeps it: the triton write kernel reads prefixes through
+    # an int64 pointer (kernels/ops/memory/common.py:25), whatever the tensor's dtype
+    req.prefix_indices = pool.req_to_token[req.req_pool_idx, : len(req.get_fill_ids())].to(
+        dtype=torch.int64, copy=True)
+    c = st.compressed
+    if c is not None and not c.freed and not kwargs.get("chunked", False):
+        lo = req.cache_protected_len
+        if c.cut > lo:
+            slots = pool.req_to_token[req.req_pool_idx, lo : c.cut].to(torch.int64)
+            tree_cache.token_to_kv_pool_allocator.free(slots)
+            req.cache_protected_len = c.cut
+            metrics().freed.inc(c.cut - lo)
+        c.freed = True
+    return None
+
+
+def _free_swa_behind_the_chunk(req, tree_cache) -> None:
+    """Between chunks of a private request, free the local (SWA) slots no later query
+    reads, as SGLang does for its chunk cache (``ScheduleBatch.maybe_evict_swa``,
+    ``schedule_batch.py:3246-3260``): below the start of the chunk just run minus the
+    window, so the chunk still running (overlap scheduling) keeps what it reads. The
+    tree would otherwise do this as it inserts the chunk (private requests are never
+    inserted), and the local pool, sized for one window per request plus the chunks in
+    flight, would fill with the whole prompt."""
+    from sglang.srt.mem_cache.common import free_swa_out_of_window_slots
+    from sglang.srt.runtime_context import get_schedule
+
+    chunk = get_schedule().chunked_prefill_size or 0
+    chunk_start = len(req.get_fill_ids()) - max(chunk, 0)
+    if chunk_start > 0:
+        free_swa_out_of_window_slots(
+            req, chunk_start, sliding_window_size=tree_cache.sliding_window_size,
+            page_size=tree_cache.page_size, req_to_token_pool=tree_cache.req_to_token_pool,
+            token_to_kv_pool_allocator=tree_cache.token_to_kv_pool_allocator,
+            is_chunk_cache=True)
+
+
+# ---- model side -----------------------------------------------------------------------------
+#: (rids, reqs) of the batch ``ForwardBatch.init_new`` built last; the worker runs that
+#: batch's forward right after (``managers/tp_worker.py:573-585``), on this thread.
+_batch = threading.local()
+
+
+def remember_batch(result, cls, batch, *args, **kwargs):
+    """AFTER ``ForwardBatch.init_new``: the batch's ``Req`` objects, for the forward."""
+    if _config is not None and getattr(batch, "reqs", None) is not None:
+        _batch.record = (tuple(r.rid for r in batch.reqs), list(batch.reqs))
+    return result
+
+
+def reqs_of(fb) -> Optional[list]:
+    """The ``Req`` objects of ``fb``'s requests (batch order), or None if unknown."""
+    record = getattr(_batch, "record", None)
+    if record is None or fb.rids is None:
+        return None
+    by_rid = dict(zip(record[0], record[1]))
+    reqs = [by_rid.get(rid) for rid in fb.rids]
+    return None if any(r is None for r in reqs) else reqs
+
+
+def compressed_states(fb) -> Optional[list[Optional[Compressed]]]:
+    """Per request of a decode batch, its compressed layout (None: uncompressed), or
+    None when no request of the batch is compressed."""
+    if _config is None:
+        return None
+    reqs = reqs_of(fb)
+    if reqs is None:
+        return None
+    out = [st.compressed if (st := state(r)) is not None else None for r in reqs]
+    return out if any(c is not None for c in out) else None
+
+
+def head_cells(c: Compressed, layer_id: int, h: int, req_row: torch.Tensor,
+               seq_len: int) -> torch.Tensor:
+    """Flat cell indices (into the buffer viewed ``[slots * H, D]``) KV head ``h`` of
+    global producer ``layer_id`` attends over: its region cells (kept prompt tokens in
+    position order), then every token since the prompt. ``req_row`` is the request's
+    ``req_to_token`` row."""
+    off = c.offsets[layer_id]
+    decode = req_row[c.prompt_len : seq_len].to(torch.int64) * c.heads + h
+    return torch.cat([c.cells[int(off[h]) : int(off[h + 1])], decode])
+
+
+class ModelHook:
+    """What the model calls: :meth:`begin` before a forward, :meth:`stash` from each
+    global producer (and, for ``readers`` scoring, each global consumer) with its
+    post-RoPE queries, :meth:`finish` after the last layer."""
+
+    def __init__(self, cfg: ada.AdaKVConfig, plan: plans.Plan):
+        self.cfg = cfg
+        self.plan = plan
+        self.producers = plan.global_producers
+        self.readers = {p: [i for i in range(len(plan)) if plan.layers[i].source == p]
+                        for p in self.producers}
+        self.batch: Optional[list[tuple[Any, State, int]]] = None  # (req, state, index)
+
+    def scores_with(self, layer_id: int, source: int) -> bool:
+        """Whether layer ``layer_id`` (reading ``source``) contributes queries to scoring."""
+        if source not in self.readers:
+            return False
+        return layer_id == source or self.cfg.scoring == "readers"
+
+    def begin(self, fb) -> None:
+        """Find the requests of an extend batch whose window rows it holds."""
+        self.batch = None
+        if not fb.forward_mode.is_extend() or fb.extend_seq_lens_cpu is None:
+            return
+        reqs = reqs_of(fb)
+        if reqs is None:
+            return
+        rows = []
+        for j, req in enumerate(reqs):
+            st = state(req)
+            if st is None or st.compressed is not None:
+                continue
+            end = fb.extend_prefix_lens_cpu[j] + fb.extend_seq_lens_cpu[j]
+            if end > st.prompt_len - self.cfg.window:
+                rows.append((req, st, j))
+        self.batch = rows or None
+
+    def tail_rows_needed(self, fb) -> Optional[list[int]]:
+        """Rows at the end of each request's extend that ``readers`` scoring needs from the
+        consumer-only tail (its window rows), for fast prefill; None: nothing extra."""
+        if self.batch is None or self.cfg.scoring != "readers":
+            return None
+        need = [0] * fb.batch_size
+        for req, st, j in self.batch:
+            start = fb.extend_prefix_lens_cpu[j]
+            end = start + fb.extend_seq_lens_cpu[j]
+            need[j] = end - max(start, st.prompt_len - self.cfg.window)
+        return need
+
+    def stash(self, fb, source: int, layer_id: int, q: torch.Tensor, heads: int,
+              head_dim: int) -> None:
+        """Keep the window rows of ``q`` ([rows of fb, heads * head_dim]) per request."""
+        if self.batch is None:
+            return
+        by_rid = {req.rid: (st, req) for req, st, _ in self.batch}
+        start = 0
+        for j, rid in enumerate(fb.rids):
+            ext, prefix = fb.extend_seq_lens_cpu[j], fb.extend_prefix_lens_cpu[j]
+            if rid in by_rid:
+                st = by_rid[rid][0]
+                lo = max(prefix, st.prompt_len - self.cfg.window)
+                if lo < prefix + ext:
+                    part = q[start + lo - prefix : start + ext].view(-1, heads, head_dim)
+                    slot = st.stash.setdefault(source, {}).setdefault(layer_id, {})
+                    for k, pos in enumerate(range(lo, prefix + ext)):
+                        slot[pos] = part[k].detach().clone()
+            start += ext
+
+    def finish(self, fb, layers, logits_output) -> None:
+        """Compress every request whose prompt ends in this batch (see the module doc)."""
+        batch, self.batch = self.batch, None
+        if batch is None:
+            return
+        info: dict[int, Any] = {}
+        for req, st, j in batch:
+            end = fb.extend_prefix_lens_cpu[j] + fb.extend_seq_lens_cpu[j]
+            if end == st.prompt_len:
+                st.compressed = self._compress(req, st, fb, layers)
+                st.stash.clear()
+                if _asks(req):
+                    info[j] = report(st.compressed)
+        if info and logits_output is not None:
+            logits_output.customized_info = {
+                **(logits_output.customized_info or {}),
+                "adakv": [info.get(j) for j in range(fb.batch_size)]}
+
+    def _compress(self, req, st: State, fb, layers) -> Compressed:
+        from sglang.srt.model_executor.forward_context import (get_req_to_token_pool,
+                                                               get_token_to_kv_pool)
+
+        cfg, p = self.cfg, st.prompt_len
+        pool = get_token_to_kv_pool()
+        row = get_req_to_token_pool().req_to_token[req.req_pool_idx]
+        slots = row[:p].to(torch.int64)
+        first = layers[self.producers[0]].self_attn
+        heads, head_dim = first.attn.tp_k_head_num, first.attn.head_dim
+        c = ada.cut(p, cfg.budget, _page)
+        region = row[c:p].to(torch.int64)
+        cells = (region.unsqueeze(1) * heads + torch.arange(heads, device=region.device)).reshape(-1)
+        out = Compressed(p, c, heads, cells, {}, {})
+        window = torch.arange(p - cfg.window, p, device=slots.device)
+        for layer_id in self.producers:
+            attn = layers[layer_id].self_attn.attn
+            k_buf = pool.get_key_buffer(layer_id)
+            v_buf = pool.get_value_buffer(layer_id)
+            keys = k_buf[slots]  # [P, H, D]
+            per_reader = []
+            for reader, rows in sorted(st.stash.get(layer_id, {}).items()):
+                q = torch.stack([rows[pos] for pos in range(p - cfg.window, p)])
+                per_reader.append(ada.window_scores(q, keys, attn.scaling))
+            scores = ada.pooled(torch.stack(per_reader).mean(0), heads, cfg.kernel)
+            kept = [torch.cat([s.to(slots.device), window]) for s in ada.select(scores, cfg)]
+            counts = torch.tensor([0] + [k.numel() for k in kept], device=slots.device)
+            offsets = torch.cumsum(counts, 0)
+            if int(offsets[-1]) > cells.numel():  # pragma: no cover - max_cells bounds it
+                raise RuntimeError(f"Ada-KV: {int(offsets[-1])} kept cells exceed the region's "
+                                   f"{cells.numel()}")
+            src = torch.cat([slots[k] * heads + h for h, k in enumerate(kept)])
+            dst = cells[: int(offsets[-1])]
+            for buf in (k_buf, v_buf):
+                flat = buf.view(-1, head_dim)
+                flat[dst] = flat[src].clone()  # gather first: the region overlaps the sources
+            out.offsets[layer_id] = offsets.cpu()
+            out.kept[layer_id] = [k.cpu() for k in kept]
+        _record(req, out)
+        return out
+
+
+def _asks(req) -> bool:
+    sp = getattr(req, "sampling_params", None)
+    cp = getattr(sp, "custom_params", None) or {}
+    return bool(cp.get(ASK_KEY))
+
+
+def report(c: Compressed) -> dict:
+    """``meta_info["adakv"]``: prompt length, first kept slot, kept tokens per head and
+    global producer (this rank's heads)."""
+    return {"prompt_tokens": c.prompt_len, "cut": c.cut,
+            "kept": {str(layer): [int(k.numel()) for k in kept] for layer, kept in c.kept.items()}}
+
+
+def _rank() -> tuple[int, int]:
+    try:
+        from sglang.srt.runtime_context import get_parallel
+
+        par = get_parallel()
+        return par.tp_rank, par.tp_size
+    except Exception:  # noqa: BLE001 - outside a server (tests building the model)
+        return 0, 1
+
+
+def _record(req, c: Compressed) -> None:
+    kept = sum(int(k.numel()) for layer in c.kept.values() for k in layer)
+    m = metrics()
+    m.compressed.inc()
+    m.kept.inc(kept)
+    path = os.environ.get(DEBUG_ENV)
+    if path:
+        rank, _ = _rank()
+        with open(path, "a") as f:
+            for layer, heads in c.kept.items():
+                for h, pos in enumerate(heads):
+                    f.write(json.dumps({"rid": req.rid, "rank": rank, "layer": layer,
+                                        "head": rank * c.heads + h, "prompt_len": c.prompt_len,
+                                        "positions": pos.tolist()}) + "\n")
+
+
+class _Metrics:
+    def __init__(self):
+        from prometheus_client import Counter
+
+        self.compressed = Counter("mixkv:adakv_compressed_requests",
+                                  "Requests whose prompt Ada-KV compressed (this rank)")
+        self.kept = Counter("mixkv:adakv_kept_tokens",
+                            "Prompt tokens kept, summed over global producers and KV heads")
+        self.freed = Counter("mixkv:adakv_freed_slots",
+                             "Prompt slots returned to the allocator after compression")
+
+
+_metrics: Optional[_Metrics] = None
+
+
+def metrics() -> _Metrics:
+    """The counters (created on first use, in the scheduler process, so SGLang's
+    multi-process Prometheus collector exports them in ``/metrics``)."""
+    global _metrics
+    if _metrics is None:
+        _metrics = _Metrics()
+    return _metrics

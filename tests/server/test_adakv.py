@@ -1,0 +1,312 @@
+"""Ada-KV on the real server (torch_native, CPU) against the reference's independent
+selection (``mixkv_bench.reference``): kept sets per layer and KV head, and outputs with
+the server's kept sets injected into the reference (so near-ties cannot flip them).
+
+Main server: tiny ``ma`` (window W = 32), budget B = 48 with a different observation
+window w = 8 (the two windows cannot be confused), 32-token chunks, the radix cache on,
+SGLang's strict per-step pool check. Others: ``cla2`` with alpha = 1 (SnapKV's uniform
+budget) and ``readers`` scoring; ``standard`` with one KV head (MQA) and a small pool
+that forces retractions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import aiohttp
+import pytest
+import requests
+
+from mixkv_bench.reference import AdaBudget, Reference
+from mixkv_bench.soak import STRICT_MEM_CHECK
+from sglang_mixkv.model_folder import SIZES, write_model_folder
+from tests.helpers.adakv import (assert_kept_match, planted_prompt, random_prompt,
+                                 server_kept)
+from tests.helpers.serving import start_server
+
+pytestmark = pytest.mark.server
+SIZE = SIZES["tiny"]
+B, WIN, CHUNK = 48, 8, 32
+CFG = AdaBudget(budget=B, window=WIN)
+LOGPROB_TOL = 2e-3  # float32 on both sides, as tests/server/test_serving.py
+
+
+def serve(tmp, spec: str, flags: list[str], *, kv_heads: int | None = None, env=None):
+    model = tmp / spec
+    size = SIZE if kv_heads is None else __import__("dataclasses").replace(SIZE, kv_heads=kv_heads)
+    write_model_folder(model, size, spec, weights=True, seed=1)
+    debug = tmp / "kept.jsonl"
+    server = start_server(
+        ["--model-path", str(model), "--kv-budget", "16MiB", "--max-running-requests", "8",
+         "--chunked-prefill-size", str(CHUNK), "--enable-metrics", "--decode-log-interval", "2",
+         *flags],
+        log=tmp / "server.log", env={"MIXKV_ADAKV_DEBUG_JSONL": str(debug), **(env or {})})
+    return server, Reference(model), debug
+
+
+@pytest.fixture(scope="module")
+def ma(tmp_path_factory):
+    server, ref, debug = serve(tmp_path_factory.mktemp("adakv"), "ma",
+                               ["--adakv-budget", str(B), "--adakv-window", str(WIN)],
+                               env=STRICT_MEM_CHECK)
+    yield server, ref, debug
+    server.stop()
+
+
+def generate(server, ids, n, rid, **extra) -> dict:
+    return server.generate(ids, n, rid=rid, logprob_start_len=-1, **extra)
+
+
+def check(server, ref, debug, ids, n, rid, cfg=CFG, tp=1) -> dict:
+    """The server's kept sets match the reference's; its output equals the reference's
+    greedy continuation with those kept sets."""
+    out = generate(server, ids, n, rid)
+    kept = server_kept(debug, rid)
+    assert_kept_match(kept, ref, ids, cfg, tp=tp)
+    gen = ref.generate(ids, n, kept=kept or None)
+    meta = out["meta_info"]
+    tokens = [t[1] for t in meta["output_token_logprobs"]]
+    assert tokens == gen.tokens, f"greedy tokens differ ({len(ids)}-token prompt)"
+    lps = [t[0] for t in meta["output_token_logprobs"]]
+    assert max(abs(a - b) for a, b in zip(lps, gen.logprobs)) < LOGPROB_TOL
+    return out
+
+
+@pytest.mark.parametrize("n", [B - 1, B, B + 1, B + WIN])
+def test_budget_boundaries(ma, n):
+    """Compressed iff P >= B: P = B - 1 keeps everything, B on compress."""
+    server, ref, debug = ma
+    check(server, ref, debug, random_prompt(n, n, SIZE.vocab), 10, f"edge{n}")
+    assert bool(server_kept(debug, f"edge{n}")) == (n >= B)
+
+
+def test_planted_tokens_are_kept(ma):
+    """A prompt with a planted token its window attends to: the kept sets, decided clear of
+    any near-tie, are the reference's exactly, planted copies included."""
+    server, ref, debug = ma
+    ids, planted = planted_prompt(ref, 7, 160, CFG)
+    check(server, ref, debug, ids, 8, "planted")
+    kept = server_kept(debug, "planted")
+    assert kept == ref.adakv_kept(ids, CFG)
+    assert planted & {p for heads in kept.values() for h in heads for p in h}
+
+
+def test_several_windows_past_the_budget_and_decode_past_the_window(ma):
+    server, ref, debug = ma
+    ids = random_prompt(11, 5 * SIZE.window + 7, SIZE.vocab)
+    out = check(server, ref, debug, ids, 2 * SIZE.window + 3, "long")
+    assert not server.generate(ids, 1, logprob_start_len=-1, rid="long-again")["meta_info"][
+        "cached_tokens"], "a compressing request must not match the radix tree"
+
+
+def test_observation_window_spanning_two_chunks(ma):
+    """P = 70 with 32-token chunks: the window [62, 70) spans the last two chunks."""
+    server, ref, debug = ma
+    check(server, ref, debug, random_prompt(70, 70, SIZE.vocab), 9, "span")
+
+
+def test_concurrent_requests_of_mixed_lengths(ma):
+    server, ref, debug = ma
+    cases = [(random_prompt(100 + i, n, SIZE.vocab), m, f"mix{i}")
+             for i, (n, m) in enumerate([(20, 10), (47, 8), (90, 12), (150, 6), (60, 9)])]
+    with ThreadPoolExecutor(len(cases)) as pool:
+        outs = list(pool.map(lambda c: generate(server, *c), cases))
+    for (ids, m, rid), out in zip(cases, outs):
+        kept = server_kept(debug, rid)
+        assert bool(kept) == (len(ids) >= B)
+        assert_kept_match(kept, ref, ids, CFG)
+        assert [t[1] for t in out["meta_info"]["output_token_logprobs"]] == \
+            ref.generate(ids, m, kept=kept or None).tokens
+
+
+def test_kept_counts_in_meta_info_and_metrics(ma):
+    server, _, debug = ma
+    before = metric(server, "mixkv:adakv_freed_slots_total")
+    ids = random_prompt(21, 200, SIZE.vocab)
+    out = server.generate(ids, 4, rid="meta", logprob_start_len=-1,
+                          sampling_params={"max_new_tokens": 4, "temperature": 0,
+                                           "ignore_eos": True, "custom_params": {"adakv_kept": True}})
+    (info,) = out["meta_info"]["adakv"]
+    kept = server_kept(debug, "meta")
+    # cut = P - B - 1 = 151 (page 1): the slots of prompt positions [0, 151) were freed
+    assert info["prompt_tokens"] == 200 and info["cut"] == 151
+    assert info["kept"] == {str(layer): [len(h) for h in heads] for layer, heads in kept.items()}
+    # ma at 12 layers has one global producer (layer 0) with 2 KV heads: 2 x 48 kept on
+    # average, window included (alpha rounding may move one token between heads)
+    assert abs(sum(info["kept"]["0"]) - 2 * B) <= 1
+    assert metric(server, "mixkv:adakv_freed_slots_total") - before == 151
+    assert "adakv" not in generate(server, ids, 2, "no-ask")["meta_info"]
+
+
+def metric(server, name: str) -> float:
+    text = server.get("/metrics").text
+    return sum(float(m) for m in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+def test_prompt_slots_go_back_to_the_pool_during_decode(ma):
+    """While a 600-token prompt decodes, the global pool holds its last B + 1 prompt slots
+    and the decoded tokens, not 600 (SGLang's own gauge, published every 2 decode steps)."""
+    server, _, _ = ma
+    ids = random_prompt(31, 600, SIZE.vocab)
+    seen = []
+
+    def watch(stop):
+        while not stop.is_set():
+            seen.append(metric(server, "sglang:num_used_tokens"))
+            time.sleep(0.05)
+
+    stop = threading.Event()
+    t = threading.Thread(target=watch, args=(stop,))
+    t.start()
+    try:
+        generate(server, ids, 60, "pool")
+    finally:
+        stop.set()
+        t.join()
+    assert max(seen) >= 300, seen  # (most of) the prompt while it was prefilled
+    assert min(seen[len(seen) // 2:]) <= B + 1 + 60 + 5, seen  # and after it was compressed
+
+
+def test_shared_prefix_requests_are_each_compressed(ma):
+    """Two prompts sharing 150 tokens, both compressed: no radix hit (compressing requests
+    are private), each equal to the reference; shorter requests still hit the tree."""
+    server, ref, debug = ma
+    prefix = random_prompt(41, 150, SIZE.vocab)
+    for i, tail in enumerate((random_prompt(42, 20, SIZE.vocab), random_prompt(43, 25, SIZE.vocab))):
+        out = check(server, ref, debug, prefix + tail, 6, f"shared{i}")
+        assert out["meta_info"]["cached_tokens"] == 0
+    short = random_prompt(44, 40, SIZE.vocab)
+    generate(server, short, 2, "short0")
+    assert generate(server, short + [5], 2, "short1")["meta_info"]["cached_tokens"] > 0
+
+
+def test_aborts_mid_prefill_and_mid_decode_leave_the_pool_empty(ma):
+    """Strict per-step pool check on: a client that leaves during a long chunked prefill,
+    and one that leaves mid-decode after compression; then the pools are empty."""
+    server, _, _ = ma
+
+    async def leave(ids, after_events: int | None, wait: float | None):
+        body = {"input_ids": ids, "stream": True, "sampling_params": {
+            "max_new_tokens": 200, "ignore_eos": True, "temperature": 0}}
+        async with aiohttp.ClientSession() as s:
+            async with s.post(server.url + "/generate", json=body) as r:
+                if wait is not None:
+                    await asyncio.sleep(wait)
+                    return
+                n = 0
+                async for line in r.content:
+                    if line.startswith(b"data:"):
+                        n += 1
+                        if n >= after_events:
+                            return
+
+    asyncio.run(leave(random_prompt(51, 900, SIZE.vocab), None, 0.3))  # ~28 chunks
+    asyncio.run(leave(random_prompt(52, 300, SIZE.vocab), 5, None))
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        loads = server.get("/v1/loads?include=core").json()["loads"][0]
+        if loads.get("num_running_reqs", 0) + loads.get("num_waiting_reqs", 0) == 0:
+            break
+        time.sleep(0.5)
+    generate(server, random_prompt(53, 10, SIZE.vocab), 2, "after-aborts")  # refresh gauges
+    assert server.alive() and metric(server, "sglang:num_used_tokens") == 0
+    assert "leak" not in server.log_text().lower()
+
+
+# ---- other settings -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def uniform(tmp_path_factory):
+    """cla2 (6 global producers, each read by one consumer) with 2 KV heads, alpha = 1
+    (SnapKV's uniform budget) and readers scoring (producer and consumer queries)."""
+    server, ref, debug = serve(tmp_path_factory.mktemp("snapkv"), "cla2",
+                               ["--adakv-budget", "40", "--adakv-window", "4",
+                                "--adakv-alpha", "1", "--adakv-scoring", "readers"])
+    yield server, ref, debug
+    server.stop()
+
+
+def test_alpha_one_gives_every_head_the_same_budget_with_readers_scoring(uniform):
+    server, ref, debug = uniform
+    cfg = AdaBudget(budget=40, window=4, alpha=1.0, scoring="readers")
+    ids = random_prompt(61, 130, SIZE.vocab)
+    check(server, ref, debug, ids, 8, "uniform", cfg=cfg)
+    kept = server_kept(debug, "uniform")
+    assert sorted(kept) == [0, 2, 4, 6, 8, 10]
+    assert {len(h) for heads in kept.values() for h in heads} == {40}  # B per head exactly
+    # and readers scoring is not producer scoring: some head keeps something else
+    producer = ref.adakv_kept(ids, AdaBudget(budget=40, window=4, alpha=1.0))
+    assert producer != kept
+
+
+@pytest.fixture(scope="module")
+def mqa(tmp_path_factory):
+    """standard with one KV head (MQA) and a global pool of 400 tokens; SGLang's admission
+    told to reserve one output token per new request and 1% of a running one's
+    (SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION, SGLANG_INIT_NEW_TOKEN_RATIO), so eight requests
+    of 100 + 80 tokens outgrow the pool while decoding and some are retracted."""
+    server, ref, debug = serve(tmp_path_factory.mktemp("mqa"), "standard",
+                               ["--adakv-budget", "32", "--adakv-window", "8",
+                                "--max-total-tokens", "400"],
+                               kv_heads=1, env={**STRICT_MEM_CHECK,
+                                                "SGLANG_INIT_NEW_TOKEN_RATIO": "0.01",
+                                                "SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION": "1"})
+    yield server, ref, debug
+    server.stop()
+
+
+def test_mqa_matches_the_reference(mqa):
+    server, ref, debug = mqa
+    check(server, ref, debug, random_prompt(71, 120, SIZE.vocab), 12, "mqa",
+          cfg=AdaBudget(budget=32, window=8))
+
+
+def test_retraction_recompresses_and_the_pool_ends_empty(mqa):
+    """Defined behaviour: a retracted request is prefilled again (prompt + output so far)
+    and compressed again at the end of that prefill; every request completes, and the
+    pools end empty under the strict check."""
+    server, _, debug = mqa
+    before = metric(server, "sglang:num_retracted_requests_total")
+    cases = [(random_prompt(80 + i, 100, SIZE.vocab), 80, f"retract{i}") for i in range(8)]
+    with ThreadPoolExecutor(len(cases)) as pool:
+        outs = list(pool.map(lambda c: generate(server, *c), cases))
+    assert all(o["meta_info"]["completion_tokens"] == 80 for o in outs)
+    retracted = metric(server, "sglang:num_retracted_requests_total") - before
+    assert retracted > 0, "the pool was meant to force a retraction"
+    lengths = {}
+    for line in debug.read_text().splitlines():
+        row = __import__("json").loads(line)
+        if row["rid"].startswith("retract"):
+            lengths.setdefault(row["rid"], set()).add(row["prompt_len"])
+    # a retracted request compressed twice: at 100 and at 100 + its output so far
+    assert any(len(v) > 1 and min(v) == 100 for v in lengths.values()), lengths
+    generate(server, random_prompt(90, 10, SIZE.vocab), 2, "after-retract")
+    assert metric(server, "sglang:num_used_tokens") == 0 and "leak" not in server.log_text().lower()
+
+
+def test_bad_settings_fail_at_startup_with_the_bound(tmp_path):
+    import subprocess
+    import sys
+
+    def serve_dry(*args):
+        return subprocess.run([sys.executable, "-m", "sglang_mixkv.serve", "--dry-run", *args],
+                              capture_output=True, text=True, timeout=120,
+                              env={**__import__("os").environ, "MIXKV_MODELS": str(tmp_path)})
+
+    for args, says in (
+            (["--plan", "ma", "--adakv-budget", "32", "--adakv-window", "32"], "must be above"),
+            (["--plan", "ma", "--adakv-budget", "24", "--adakv-window", "8"], "below the sliding window"),
+            (["--plan", "LlLlLlLlLlLl", "--adakv-budget", "64"], "no global producer"),
+            (["--plan", "ma", "--adakv-budget", "64", "--adakv-alpha", "1.5"], "[0, 1]"),
+            (["--plan", "ma", "--adakv-budget", "64", "--adakv-kernel", "6"], "odd"),
+            (["--plan", "ma", "--adakv-budget", "64", "--attention-backend", "flashinfer"],
+             "torch_native and triton"),
+            (["--plan", "ma", "--adakv-budget", "64", "--enable-mixed-chunk"], "never extend"),
+    ):
+        r = serve_dry(*args)
+        assert r.returncode == 2 and says in r.stderr, (args, r.stderr)
+    r = serve_dry("--plan", "ma", "--adakv-budget", "6.5")
+    assert r.returncode == 2 and "invalid int value" in r.stderr
