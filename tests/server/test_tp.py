@@ -59,3 +59,37 @@ def test_each_rank_pools_only_its_kv_heads(served):
     usage = info["internal_states"][0]["memory_usage"]
     assert usage["token_capacity"] == 31_678
     assert usage["token_capacity_swa"] == 545
+
+
+def test_adakv_at_tp2_allocates_within_each_rank(tmp_path):
+    """Ada-KV with tensor parallelism: 4 KV heads (MHA on the tiny size), two per rank.
+    Each rank scores its own heads with its own query heads and spreads the budget among
+    them (per-rank allocation: no scores cross ranks); the reference allocates the same
+    way (``tp=2``), and the outputs match it with the server's kept sets."""
+    from dataclasses import replace
+
+    from mixkv_bench.reference import AdaBudget
+    from tests.helpers.adakv import assert_kept_match, server_kept
+
+    model_dir = write_model_folder(tmp_path / "ma", replace(SIZE, kv_heads=4), "ma", weights=True,
+                                   seed=1)
+    debug = tmp_path / "kept.jsonl"
+    server = start_server(
+        ["--model-path", str(model_dir), "--kv-budget", str(BUDGET), "--tp-size", str(TP),
+         "--max-running-requests", str(MAX_RUNNING), "--chunked-prefill-size", str(CHUNK),
+         "--adakv-budget", "48", "--adakv-window", "8"],
+        log=tmp_path / "server.log", env={"MIXKV_ADAKV_DEBUG_JSONL": str(debug)})
+    ref, cfg = Reference(model_dir), AdaBudget(budget=48, window=8)
+    try:
+        ids = prompt(31, 160)
+        out = server.generate(ids, 10, rid="tp", logprob_start_len=-1)
+        kept = server_kept(debug, "tp")
+        assert sorted(kept) == [0] and len(kept[0]) == 4  # one global producer, 4 heads
+        assert_kept_match(kept, ref, ids, cfg, tp=TP)
+        # per rank: each rank's two heads keep 2 x 48 in all (one token of rounding)
+        for rank in range(TP):
+            assert abs(sum(len(h) for h in kept[0][2 * rank: 2 * rank + 2]) - 96) <= 1
+        gen = ref.generate(ids, 10, kept=kept)
+        assert [t[1] for t in out["meta_info"]["output_token_logprobs"]] == gen.tokens
+    finally:
+        server.stop()

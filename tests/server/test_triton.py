@@ -151,3 +151,43 @@ def test_float16_matches_within_half_precision_error(tmp_path):
             assert ((best - chosen) <= 3 * e).all(), "a greedy flip larger than fp16 error"
     finally:
         server.stop()
+
+
+# ---- Ada-KV -----------------------------------------------------------------------------------
+def test_adakv_decode_over_per_head_cells(tmp_path):
+    """Ada-KV on triton (``sglang_seams/mixkv/triton.py``): decode of a compressed request
+    runs SGLang's own decode kernel over a batch expanded to (request, KV head) rows. One
+    server (``ma``, B = 24 with w = 4 above the window of 8), three cases: a prompt whose
+    observation window spans two chunks and decodes past the window; a compressed and an
+    uncompressed request decoding in one batch; the kept sets (the reference's)."""
+    from mixkv_bench.reference import AdaBudget
+    from tests.helpers.adakv import assert_kept_match, server_kept
+
+    spec, cfg = "ma", AdaBudget(budget=24, window=4)
+    model_dir = write_model_folder(tmp_path / spec, SIZE, spec, weights=True, seed=1, window=WINDOW)
+    debug = tmp_path / "kept.jsonl"
+    server = start_server(
+        ["--model-path", str(model_dir), "--kv-budget", "8MiB", "--max-running-requests",
+         str(MAX_RUNNING), "--chunked-prefill-size", str(CHUNK), *TRITON,
+         "--adakv-budget", "24", "--adakv-window", "4"],
+        log=tmp_path / "server.log",
+        env={**INTERPRET, "MIXKV_ADAKV_DEBUG_JSONL": str(debug),
+             "SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_BUSY": "1"})
+    ref = Reference(model_dir)
+    try:
+        cases = [(prompt(41, CHUNK * 2 + 2), 2 * WINDOW + 1, "span"),  # window [62, 66) spans
+                 (prompt(42, 50), 5, "long"), (prompt(43, 12), 5, "short")]
+        outs = [server.generate(cases[0][0], cases[0][1], rid="span", logprob_start_len=-1)]
+        with ThreadPoolExecutor(2) as pool:  # one batch: compressed + uncompressed
+            outs += list(pool.map(lambda c: server.generate(c[0], c[1], rid=c[2],
+                                                            logprob_start_len=-1), cases[1:]))
+        for (ids, m, rid), out in zip(cases, outs):
+            kept = server_kept(debug, rid)
+            assert bool(kept) == (len(ids) >= 24)
+            assert_kept_match(kept, ref, ids, cfg)
+            gen = ref.generate(ids, m, kept=kept or None)
+            got = out["meta_info"]["output_token_logprobs"]
+            assert [t[1] for t in got] == gen.tokens, rid
+            assert max(abs(t[0] - b) for t, b in zip(got, gen.logprobs)) < 2e-3
+    finally:
+        server.stop()
