@@ -35,7 +35,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from mixkv_bench import REPO
+from mixkv_bench import REPO, variants
 from mixkv_bench.bench_report import write_report
 from mixkv_bench.bench_roofline import write_roofline
 from mixkv_bench.servers import save_server_info, served
@@ -71,12 +71,14 @@ def run_probe(plan: str, st: Settings, vdir: Path) -> None:
     from mixkv_bench.probe import max_held
 
     size = bench_size(st)
-    p = plans.resolve(plan, size.num_layers)
+    variant = variants.parse(plan)
+    p = variant.resolve(size.num_layers)
     tokens = st.input_len + st.output_len
     if not st.kv_budget:
         raise ValueError("the capacity probe needs --kv-budget (the formula needs the budget)")
     budget = parse_bytes(st.kv_budget)
-    n_formula = cap.max_concurrent(budget, p, cap.KVDims.of(size), size.window, tokens)
+    n_formula = cap.max_concurrent(budget, p, cap.KVDims.of(size), size.window, tokens,
+                                   variant.compression(st.input_len))
     pool_requests = st.max_running or max(1, n_formula)
     n_cap = 2 * max(pool_requests, n_formula) + 8  # above what the pools can hold
     with served(plan, replace(st, max_running=n_cap), vdir / "probe-server.log",
@@ -94,7 +96,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     d = defaults(gpu, capacity_only="--capacity-only" in (sys.argv[1:] if argv is None else argv))
     ap = argparse.ArgumentParser(prog="python -m sglang_mixkv.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--plans", default=",".join(d.plans), help="comma-separated presets / plan strings")
+    ap.add_argument("--plans", default=",".join(d.plans), help="comma-separated variants: presets or "
+                    "plan strings, optionally @adakv=B (Ada-KV, budget B), e.g. standard,ma,ma@adakv=128")
     ap.add_argument("--size", default=d.size)
     ap.add_argument("--num-prompts", type=int, default=d.num_prompts)
     ap.add_argument("--input-len", type=int, default=d.input_len)
@@ -142,13 +145,13 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     )
     size = bench_size(st)
     for spec in st.plans:
-        plans.resolve(spec, size.num_layers)  # fail before starting anything
+        variants.parse(spec).resolve(size.num_layers)  # fail before starting anything
     return a, st
 
 def main(argv: list[str] | None = None) -> int:
     try:
         a, st = parse(argv)
-    except plans.PlanError as e:
+    except (plans.PlanError, variants.VariantError) as e:
         print(f"error: invalid plan: {e}", file=sys.stderr)
         return 2
     except ValueError as e:  # e.g. --kv-heads that does not divide the query heads

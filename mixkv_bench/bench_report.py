@@ -8,10 +8,10 @@ import json
 import shlex
 from pathlib import Path
 
+from mixkv_bench import variants
 from mixkv_bench.bench_roofline import roofline_columns
 from mixkv_bench.settings import DECODE_LOG_INTERVAL, Settings, bench_size
 from sglang_mixkv import kv_math as cap
-from sglang_mixkv import plan as plans
 from sglang_mixkv.defaults import eviction_interval, parse_bytes
 
 def write_report(run: Path, st: Settings) -> Path:
@@ -166,7 +166,9 @@ def capacity_table(run: Path, st: Settings):
     rows = []
     for plan in st.plans:
         vdir = run / plan
-        p = plans.resolve(plan, size.num_layers)
+        variant = variants.parse(plan)
+        p = variant.resolve(size.num_layers)
+        ada = variant.compression(st.input_len)
         pt = cap.bytes_per_token(p, dims)
         row = {"plan": plan, "global_producers": len(p.global_producers),
                "local_producers": len(p.local_producers),
@@ -193,11 +195,11 @@ def capacity_table(run: Path, st: Settings):
             held = cap.pool_max_requests(
                 split, p, tokens, window=size.window, chunk=max(chunk, 0), page=page,
                 eviction_interval=eviction_interval(size.window),
-                chunks_in_flight=1 if info.get("disable_overlap_schedule") else 2)
-            n = cap.max_concurrent(budget, p, dims, size.window, tokens)
+                chunks_in_flight=1 if info.get("disable_overlap_schedule") else 2, adakv=ada)
+            n = cap.max_concurrent(budget, p, dims, size.window, tokens, ada)
             row.update(
                 kv_budget_gib=round(budget / 2**30, 4),
-                formula_max_tokens=cap.max_tokens(budget, p, dims, size.window, tokens),
+                formula_max_tokens=cap.max_tokens(budget, p, dims, size.window, tokens, ada),
                 formula_max_requests=n,
                 formula_local_tokens=n * min(tokens, size.window) if p.local_producers else None,
                 pool_requests=pool_requests or running,

@@ -9,8 +9,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mixkv_bench import roofline as rl
+from mixkv_bench import variants
 from mixkv_bench.settings import Settings, bench_size
-from sglang_mixkv import plan as plans
 from sglang_mixkv.defaults import parse_bytes
 from sglang_mixkv.sglang_seams.launch import flag_value
 
@@ -61,7 +61,7 @@ def roofline_serving(spec: str, st: Settings, hw, vdir: Path | None = None):
     if budget is None and info and info.exists():
         budget = int(json.loads(info.read_text())["internal_states"][0]["memory_usage"]["kvcache"] * 2**30)
     chunk = flag_value(st.server_args, "--chunked-prefill-size")
-    return rl.serving_for(size, plans.resolve(spec, size.num_layers), hw,
+    return rl.serving_for(size, variants.parse(spec).resolve(size.num_layers), hw,
                           mem_fraction=st.mem_fraction or 0.85, kv_budget=budget,
                           max_running=st.max_running, chunk=chunk and int(chunk))
 

@@ -15,6 +15,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from mixkv_bench import variants
 from sglang_mixkv import kv_math as cap
 from sglang_mixkv import plan as plans
 from sglang_mixkv.defaults import parse_bytes
@@ -25,19 +26,25 @@ PAPER_REQUEST = cap.PAPER_REQUEST
 
 def capacity_rows(plan_specs: list[str], size: ModelSize, gpu_mem: int, mem_fraction: float,
                   request_tokens: int = PAPER_REQUEST, window: int | None = None,
-                  max_running: int | None = None) -> list[dict]:
-    """One row per plan: the formula at the KV budget left after the plan's weights,
-    and the pools our configurator would allocate there for ``max_running`` running
-    requests (default: the formula's request count) and what they hold.
+                  max_running: int | None = None, input_len: int | None = None) -> list[dict]:
+    """One row per variant (``PLAN`` or ``PLAN@adakv=B``): the formula at the KV budget
+    left after the plan's weights, and the pools our configurator would allocate there
+    for ``max_running`` running requests (default: the formula's request count) and
+    what they hold. ``input_len`` (default: all but the paper's 1K output) is the prompt
+    part of a request, which Ada-KV compresses.
 
     Raises ValueError when the budget cannot hold the weights, or the local pool for
     ``max_running`` requests leaves no room for the global pool."""
     window = window or size.window
     dims = cap.KVDims.of(size)
     sizing = cap.serve_sizing(size, window)
+    if input_len is None:
+        input_len = max(1, request_tokens - cap.PAPER_OUTPUT)
     rows = []
-    for spec in plan_specs:
-        p = plans.resolve(spec, size.num_layers)
+    for variant in map(variants.parse, plan_specs):
+        spec = variant.label
+        p = variant.resolve(size.num_layers)
+        ada = variant.compression(input_len, sizing["page"])
         weights = param_count(size, p) * size.dtype_bytes
         budget = cap.kv_budget(gpu_mem, mem_fraction, weights)
         if budget <= 0:
@@ -48,7 +55,7 @@ def capacity_rows(plan_specs: list[str], size: ModelSize, gpu_mem: int, mem_frac
                 "or --mem-fraction, or pick a smaller --model"
             )
         pt = cap.bytes_per_token(p, dims)
-        n = cap.max_concurrent(budget, p, dims, window, request_tokens)
+        n = cap.max_concurrent(budget, p, dims, window, request_tokens, ada)
         running = n if max_running is None else max_running
         split = cap.pool_split(budget, p, dims, max_running=running, **sizing)
         rows.append({
@@ -60,17 +67,18 @@ def capacity_rows(plan_specs: list[str], size: ModelSize, gpu_mem: int, mem_frac
             "local_producers": len(p.local_producers),
             "global_bytes_per_token": pt.global_bytes,
             "local_bytes_per_token": pt.local_bytes,
+            "adakv_budget": variant.adakv_budget,
             "request_tokens": request_tokens,
-            "request_bytes": cap.request_bytes(p, dims, window, request_tokens),
+            "request_bytes": cap.request_bytes(p, dims, window, request_tokens, ada),
             "weight_bytes": weights,
             "kv_budget_bytes": budget,
-            "max_tokens": cap.max_tokens(budget, p, dims, window, request_tokens),
+            "max_tokens": cap.max_tokens(budget, p, dims, window, request_tokens, ada),
             "max_concurrent_31k": n,
             "max_running": running,
             "pool_global_tokens": split.global_tokens if p.global_producers else 0,
             "pool_local_tokens": split.local_tokens if p.local_producers else 0,
             "pool_max_requests": cap.pool_max_requests(
-                split, p, request_tokens, **sizing),
+                split, p, request_tokens, **sizing, adakv=ada),
         })
     return rows
 
@@ -82,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         "server would allocate. The KV budget is gpu-mem x mem-fraction minus the model's "
         "weights.",
     )
-    ap.add_argument("--plans", default="all", help="'all' or comma-separated presets / plan strings")
+    ap.add_argument("--plans", default="all", help="'all' or comma-separated variants: a preset "
+                    "or plan string, optionally @adakv=B (Ada-KV with budget B), e.g. "
+                    "standard,ma,ma@adakv=2048")
+    ap.add_argument("--adakv-budget", type=int, help="Ada-KV budget for every plan listed "
+                    "without one of its own (PLAN@adakv=B)")
     ap.add_argument("--gpu-mem", default="80GiB", help="GPU memory, e.g. 80GiB (H100)")
     ap.add_argument("--mem-fraction", type=float, default=0.85,
                     help="static memory fraction for weights + KV (SGLang's --mem-fraction-static)")
@@ -92,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=int, default=None)
     ap.add_argument("--request-tokens", type=int, default=PAPER_REQUEST,
                     help="tokens per request (default 31K in + 1K out)")
+    ap.add_argument("--input-len", type=int, default=None,
+                    help="prompt tokens of a request, which Ada-KV compresses (default: "
+                    "request tokens minus 1K)")
     ap.add_argument("--max-running", type=int, default=None,
                     help="running requests the local pool is sized for (serve's "
                     "--max-running-requests; default: the formula's request count per plan)")
@@ -99,11 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--csv", help="also write the table as CSV here")
     ap.add_argument("--png", help="also write a bar chart of max_tokens here")
     a = ap.parse_args(argv)
-    specs = list(plans.PRESET_NAMES) if a.plans == "all" else [s.strip() for s in a.plans.split(",")]
     try:
+        specs = [v.label if v.adakv_budget or not a.adakv_budget else f"{v.label}@adakv={a.adakv_budget}"
+                 for v in variants.parse_list(a.plans)]
         size = with_kv_heads(get_size(a.model), a.kv_heads)
         rows = capacity_rows(specs, size, parse_bytes(a.gpu_mem), a.mem_fraction,
-                             a.request_tokens, a.window, a.max_running)
+                             a.request_tokens, a.window, a.max_running, a.input_len)
     except (plans.PlanError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

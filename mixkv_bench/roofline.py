@@ -63,6 +63,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 
+from mixkv_bench import variants
 from sglang_mixkv import kv_math as cap
 from sglang_mixkv import plan as plans
 from sglang_mixkv.defaults import parse_bytes, serve_default
@@ -369,16 +370,34 @@ def decode_step_cost(size: ModelSize, plan: plans.Plan, batch: int, spans: list[
     return Cost(batch * per_req_flops, streamed_weight_bytes(size, plan) + batch * per_req_bytes)
 
 
-def pool_admitted(size: ModelSize, plan: plans.Plan, serving: Serving, tokens: int) -> int:
+def pool_admitted(size: ModelSize, plan: plans.Plan, serving: Serving, tokens: int,
+                  adakv: cap.Compression | None = None) -> int:
     """Requests of ``tokens`` tokens the server's pools hold at once: the split our pool
     configurator gives SGLang (:func:`kv_math.pool_split`) and what it holds
-    (:func:`kv_math.pool_max_requests`), at most the running-request cap."""
+    (:func:`kv_math.pool_max_requests`, with Ada-KV's compressed prompts), at most the
+    running-request cap."""
     sizing = dict(window=size.window, chunk=serving.chunk, page=serving.page,
                   eviction_interval=serving.eviction_interval,
                   chunks_in_flight=serving.chunks_in_flight)
     split = cap.pool_split(serving.kv_budget, plan, cap.KVDims.of(size),
                            max_running=serving.max_running, **sizing)
-    return min(cap.pool_max_requests(split, plan, tokens, **sizing), serving.max_running)
+    return min(cap.pool_max_requests(split, plan, tokens, **sizing, adakv=adakv),
+               serving.max_running)
+
+
+def adakv_prefill_cost(size: ModelSize, plan: plans.Plan, prompt_len: int,
+                       adakv: cap.Compression | None, window: int = 32) -> Cost:
+    """Ada-KV's extra work after one prompt (``window`` observation queries): per global
+    producer, the window's QK^T against all P keys (2 FLOPs per multiply-add, every query
+    head) and the read of those keys, then compaction: each head's kept K/V read and
+    written once (the budget's cells)."""
+    if adakv is None or not adakv.compresses:
+        return Cost(0, 0)
+    n = len(plan.global_producers)
+    flops = 2 * window * prompt_len * size.heads * size.head_dim
+    key_bytes = prompt_len * size.kv_heads * size.head_dim * size.dtype_bytes
+    compaction = 2 * layer_bytes(size) * adakv.budget  # K and V of B cells, read + write
+    return Cost(n * flops, n * (key_bytes + compaction))
 
 
 # ---- one level -----------------------------------------------------------------------
@@ -405,9 +424,13 @@ class LevelBound:
 
 def level_bound(size: ModelSize, spec: str, hw: Hardware, wl: Workload, level: int,
                 serving: Serving, opts: Options = Options()) -> LevelBound:
-    plan = plans.resolve(spec, size.num_layers)
+    """``spec``: a variant (``PLAN`` or ``PLAN@adakv=B``, :mod:`mixkv_bench.variants`)."""
+
+    variant = variants.parse(spec)
+    plan = variant.resolve(size.num_layers)
     n, i_len, o_len = wl.num_prompts, wl.input_len, wl.output_len
-    admits = pool_admitted(size, plan, serving, i_len + o_len)
+    ada = variant.compression(i_len, serving.page)
+    admits = pool_admitted(size, plan, serving, i_len + o_len, ada)
     limits = [("level", level), ("prompts", n), ("max-running", serving.max_running),
               ("kv-pool", admits)]
     limited_by, running = min(limits, key=lambda kv: kv[1])  # first of equals wins
@@ -415,11 +438,15 @@ def level_bound(size: ModelSize, spec: str, hw: Hardware, wl: Workload, level: i
     weights = streamed_weight_bytes(size, plan)
 
     one, forwards = prefill_cost(size, plan, i_len, chunk=serving.chunk, opts=opts)
+    one = one + adakv_prefill_cost(size, plan, i_len, ada)
     alone = one + Cost(0, forwards * weights)
     prefill = one * n + Cost(0, math.ceil(n * i_len / serving.chunk) * weights)
 
     steps_per_req = o_len - 1
     spans = mean_spans(plan, i_len + 1, steps_per_req, size.window)
+    if ada is not None and ada.compresses:  # global layers read the kept prompt + outputs
+        dropped = i_len - ada.global_slots(i_len)
+        spans = [s - dropped if k == GLOBAL else s for s, k in zip(spans, plan.kinds)]
     step = decode_step_cost(size, plan, running, spans, opts=opts)
     decode_steps = n * steps_per_req / running
     decode_s = decode_steps * step.time(hw)
@@ -449,7 +476,7 @@ def sweep(size: ModelSize, specs: list[str], hw: Hardware, wl: Workload,
             return serving
         if isinstance(serving, dict) and spec in serving:
             return serving[spec]
-        return serving_for(size, plans.resolve(spec, size.num_layers), hw, **serving_kw)
+        return serving_for(size, variants.parse(spec).resolve(size.num_layers), hw, **serving_kw)
 
     rows = [asdict(level_bound(size, s, hw, wl, c, srv(s), opts))
             for s in dict.fromkeys([*specs, "standard"]) for c in wl.concurrency]
@@ -482,7 +509,8 @@ def assumptions(hw: Hardware, opts: Options) -> list[str]:
 def hardware_from_args(name: str, size: ModelSize, specs: list[str], flops_fraction: float,
                        bw_fraction: float) -> Hardware:
     if name.lower() == "this":
-        biggest = max(streamed_weight_bytes(size, plans.resolve(s, size.num_layers)) for s in specs)
+        biggest = max(streamed_weight_bytes(size, variants.parse(s).resolve(size.num_layers))
+                      for s in specs)
         return measure_this(size.dtype, working_set=biggest)
     return gpu(name).achieving(flops_fraction, bw_fraction)
 
@@ -500,7 +528,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sglang_mixkv.roofline", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gpu", default="H100", help=f"{', '.join(GPUS)} or 'this' (micro-benchmark)")
-    ap.add_argument("--plans", default="all", help="'all' or comma-separated presets / plan strings")
+    ap.add_argument("--plans", default="all", help="'all' or comma-separated variants (presets or "
+                    "plan strings, optionally @adakv=B)")
+    ap.add_argument("--adakv-budget", type=int, help="Ada-KV budget for every plan listed without "
+                    "its own: decode reads the kept prompt + outputs; prefill adds the scoring")
     ap.add_argument("--model", default="paper", choices=list(SIZES))
     ap.add_argument("--workload", default="paper", choices=list(WORKLOADS))
     ap.add_argument("--num-prompts", type=int)
@@ -523,14 +554,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     size = get_size(a.model)
-    specs = list(plans.PRESET_NAMES) if a.plans == "all" else [s.strip() for s in a.plans.split(",")]
+    specs = [v.label if v.adakv_budget or not a.adakv_budget else f"{v.label}@adakv={a.adakv_budget}"
+             for v in variants.parse_list(a.plans)]
     base = WORKLOADS[a.workload]
     wl = Workload(a.num_prompts or base.num_prompts, a.input_len or base.input_len,
                   a.output_len or base.output_len,
                   tuple(int(x) for x in a.concurrency.split(",")) if a.concurrency else base.concurrency)
     try:
         for s in specs:
-            plans.resolve(s, size.num_layers)
+            variants.parse(s).resolve(size.num_layers)
         hw = hardware_from_args(a.gpu, size, specs, a.flops_fraction, a.bw_fraction)
         opts = Options(fast_prefill=a.fast_prefill, consumer_rereads=not a.no_reread)
         df = sweep(size, specs, hw, wl, None, opts, mem_fraction=a.mem_fraction,

@@ -17,6 +17,7 @@ from typing import Iterator
 import requests
 
 from harness.server import launched, launched_on_free_port
+from mixkv_bench import variants
 from mixkv_bench.settings import DECODE_LOG_INTERVAL, SERVER_START_S, Settings
 from sglang_mixkv.defaults import (ADMIN_API_KEY_ENV, API_KEY_ENV, auth_headers, redact_server_info,
                                    redact_text)
@@ -24,7 +25,9 @@ from sglang_mixkv.sglang_seams.launch import flag_given
 
 def server_command(plan: str, st: Settings, extra: list[str] = ()) -> tuple[list[str], str]:  # type: ignore[assignment]
     """Our serve command for ``plan`` and the URL it will answer on."""
-    args = ["--plan", plan, "--size", st.size, "--port", str(st.port), "--enable-metrics"]
+    variant = variants.parse(plan)
+    args = ["--plan", variant.plan, *variant.serve_args(), "--size", st.size, "--port", str(st.port),
+            "--enable-metrics"]
     if st.kv_budget:
         args += ["--kv-budget", st.kv_budget]
     if st.mem_fraction:

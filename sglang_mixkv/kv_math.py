@@ -58,25 +58,67 @@ def bytes_per_token(plan: plans.Plan, dims: KVDims) -> PerToken:
     )
 
 
-def request_bytes(plan: plans.Plan, dims: KVDims, window: int, tokens: int) -> int:
-    """KV bytes a request of ``tokens`` tokens holds (no page or chunk slack)."""
+@dataclass(frozen=True)
+class Compression:
+    """Ada-KV's effect on one request's global slots (``sglang_mixkv.adakv``): a prompt of
+    at least ``budget`` tokens keeps only its last ``budget + 1`` prompt slots (page-
+    aligned) once prefilled; while it is prefilled, its whole prompt is in the pool."""
+
+    budget: int
+    input_len: int
+    page: int = 1
+
+    @property
+    def compresses(self) -> bool:
+        return self.input_len >= self.budget
+
+    def global_slots(self, tokens: int) -> int:
+        """Global slots a request of ``tokens`` tokens (``input_len`` of them prompt)
+        holds at its longest, after compression."""
+        if not self.compresses:
+            return tokens
+        from sglang_mixkv.adakv import region_slots
+
+        return region_slots(self.input_len, self.budget, self.page) + tokens - self.input_len
+
+    @property
+    def transient(self) -> int:
+        """Extra global slots of the one prompt being prefilled (SGLang prefills one
+        chunked request at a time): its whole prompt, before it is compressed."""
+        return self.input_len - self.global_slots(self.input_len) if self.compresses else 0
+
+
+def request_bytes(plan: plans.Plan, dims: KVDims, window: int, tokens: int,
+                  adakv: Compression | None = None) -> int:
+    """KV bytes a request of ``tokens`` tokens holds (no page or chunk slack); with
+    ``adakv``, its global layers hold the compressed prompt."""
     pt = bytes_per_token(plan, dims)
-    return tokens * pt.global_bytes + min(tokens, window) * pt.local_bytes
+    slots = adakv.global_slots(tokens) if adakv is not None else tokens
+    return slots * pt.global_bytes + min(tokens, window) * pt.local_bytes
 
 
-def max_concurrent(budget: int, plan: plans.Plan, dims: KVDims, window: int, tokens: int) -> int:
-    """Requests of ``tokens`` tokens that fit in ``budget`` bytes at once."""
-    return budget // request_bytes(plan, dims, window, tokens)
+def _transient_bytes(plan: plans.Plan, dims: KVDims, adakv: Compression | None) -> int:
+    return adakv.transient * bytes_per_token(plan, dims).global_bytes if adakv is not None else 0
+
+
+def max_concurrent(budget: int, plan: plans.Plan, dims: KVDims, window: int, tokens: int,
+                   adakv: Compression | None = None) -> int:
+    """Requests of ``tokens`` tokens that fit in ``budget`` bytes at once (with Ada-KV,
+    beside the one prompt being prefilled at its full length)."""
+    room = budget - _transient_bytes(plan, dims, adakv)
+    return max(0, room) // request_bytes(plan, dims, window, tokens, adakv)
 
 
 def max_tokens(budget: int, plan: plans.Plan, dims: KVDims, window: int,
-               tokens: int = PAPER_REQUEST) -> int:
+               tokens: int = PAPER_REQUEST, adakv: Compression | None = None) -> int:
     """Tokens of context ``budget`` holds when filled with requests of ``tokens`` tokens.
 
     For a plan without local layers this is ``budget // global_bytes`` whatever the
     request length (the usual "max total tokens"); local layers cost only their window
-    per request, so their share per token shrinks as requests get longer."""
-    return budget * tokens // request_bytes(plan, dims, window, tokens)
+    per request, so their share per token shrinks as requests get longer; Ada-KV keeps
+    only the budget of each prompt."""
+    room = budget - _transient_bytes(plan, dims, adakv)
+    return max(0, room) * tokens // request_bytes(plan, dims, window, tokens, adakv)
 
 
 # ---- the seed formulas (MHA and its sharing variants) -------------------------------
@@ -153,15 +195,20 @@ def pool_split(budget: int, plan: plans.Plan, dims: KVDims, *, window: int, max_
 
 def pool_max_requests(split: PoolSplit, plan: plans.Plan, tokens: int, *, window: int,
                       chunk: int, page: int = 1, eviction_interval: int = 128,
-                      chunks_in_flight: int = 2) -> int:
+                      chunks_in_flight: int = 2, adakv: Compression | None = None) -> int:
     """Requests of ``tokens`` tokens that the pools of ``split`` hold at once: the
-    global pool's share (``tokens`` slots each), and the local pool's, after the
-    prefill chunks in flight, at :func:`local_per_request` each. For a plan with both
-    kinds the local pool was sized for ``max_running`` requests, so this is at most
-    that; the running-request cap itself is not applied here."""
+    global pool's share (``tokens`` slots each; with Ada-KV the compressed prompt, beside
+    one prompt being prefilled in full), and the local pool's, after the prefill chunks
+    in flight, at :func:`local_per_request` each. For a plan with both kinds the local
+    pool was sized for ``max_running`` requests, so this is at most that; the
+    running-request cap itself is not applied here."""
     held = []
     if plan.global_producers:
-        held.append(split.global_tokens // tokens)
+        if adakv is None:
+            held.append(split.global_tokens // tokens)
+        else:
+            room = max(0, split.global_tokens - adakv.transient)
+            held.append(room // adakv.global_slots(tokens))
     if plan.local_producers:
         free = split.local_tokens - chunks_in_flight * chunk - page
         held.append(max(0, free) // local_per_request(window, page, eviction_interval, tokens))
