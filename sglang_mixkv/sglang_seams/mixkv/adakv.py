@@ -54,6 +54,7 @@ import json
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -102,6 +103,7 @@ class Compressed:
     cells: torch.Tensor
     offsets: dict[int, torch.Tensor]
     kept: dict[int, list[torch.Tensor]]
+    seconds: float = 0.0  # scoring and compaction, wall time on this rank
     freed: bool = False
 
 
@@ -315,7 +317,9 @@ class ModelHook:
         for req, st, j in batch:
             end = fb.extend_prefix_lens_cpu[j] + fb.extend_seq_lens_cpu[j]
             if end == st.prompt_len:
+                t0 = time.perf_counter()
                 st.compressed = self._compress(req, st, fb, layers)
+                st.compressed.seconds = time.perf_counter() - t0
                 st.stash.clear()
                 if _asks(req):
                     info[j] = report(st.compressed)
@@ -374,9 +378,10 @@ def _asks(req) -> bool:
 
 def report(c: Compressed) -> dict:
     """``meta_info["adakv"]``: prompt length, first kept slot, kept tokens per head and
-    global producer (this rank's heads)."""
+    global producer (this rank's heads), and the milliseconds scoring and compaction took."""
     return {"prompt_tokens": c.prompt_len, "cut": c.cut,
-            "kept": {str(layer): [int(k.numel()) for k in kept] for layer, kept in c.kept.items()}}
+            "kept": {str(layer): [int(k.numel()) for k in kept] for layer, kept in c.kept.items()},
+            "compress_ms": round(c.seconds * 1e3, 3)}
 
 
 def _rank() -> tuple[int, int]:
