@@ -206,6 +206,11 @@ class Reference:
                 kept.append(order[:cap])
         return kept
 
+    def prompt_logprobs(self, ids: list[int]) -> list[float]:
+        """log p(ids[t] | ids[:t]) for t >= 1 (SGLang's input_token_logprobs[1:])."""
+        lp = torch.log_softmax(self.logits(ids), -1)
+        return [lp[t - 1, ids[t]].item() for t in range(1, len(ids))]
+
     def generate(self, ids: list[int], max_new_tokens: int, kept: Kept | None = None) -> Generation:
         """Greedy decoding, recomputing the full sequence at every step; ``kept``: Ada-KV
         kept sets applied after the prompt (``ids``)."""

@@ -310,3 +310,14 @@ def test_bad_settings_fail_at_startup_with_the_bound(tmp_path):
         assert r.returncode == 2 and says in r.stderr, (args, r.stderr)
     r = serve_dry("--plan", "ma", "--adakv-budget", "6.5")
     assert r.returncode == 2 and "invalid int value" in r.stderr
+
+
+def test_prompt_logprobs_of_a_compressed_request_are_the_full_models(ma):
+    """No per-request opt-out is needed for prompt logprobs (or hidden states): they are
+    computed during the prefill, before compression, over the whole prompt."""
+    server, ref, debug = ma
+    ids = random_prompt(91, 120, SIZE.vocab)
+    out = server.generate(ids, 3, rid="plp")  # logprob_start_len 0: every prompt position
+    assert server_kept(debug, "plp"), "the request was meant to compress"
+    have = [t[0] for t in out["meta_info"]["input_token_logprobs"]][1:]
+    assert max(abs(a - b) for a, b in zip(have, ref.prompt_logprobs(ids))) < LOGPROB_TOL
