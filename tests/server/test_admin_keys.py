@@ -14,9 +14,7 @@ import threading
 import pytest
 import requests
 
-from harness.server import free_port  # noqa: F401 - same helper the server uses
 from mixkv_bench import soak
-from sglang_mixkv.model_folder import SIZES
 from tests.helpers.harness_fixtures import cli
 from tests.helpers.serving import start_server
 
