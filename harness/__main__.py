@@ -51,6 +51,19 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    f"(default: ${ADMIN_API_KEY_ENV}); without it a server with keys refuses the "
                    "flush and the report says the levels ran unflushed")
     p.add_argument("--no-flush", action="store_true", help="don't POST /flush_cache between levels")
+    p.add_argument("--trace", type=Path, help="replay a JSON-lines trace: per line input_len "
+                   "and output_len (or mooncake's input_length/output_length) and an optional "
+                   "timestamp (arrival time); replaces --num-prompts/--input-len/--output-len "
+                   "and, with timestamps, --request-rate")
+    p.add_argument("--trace-time-unit", choices=["s", "ms"], default="s",
+                   help="unit of the trace's timestamps (mooncake traces: ms)")
+    p.add_argument("--shared-prefix", type=_groups, metavar="GROUPS:TOKENS",
+                   help="requests open with one of GROUPS shared prefixes of TOKENS tokens "
+                   "(request i: group i %% GROUPS)")
+    p.add_argument("--max-context", type=int, help="the server's context, for checking a "
+                   "trace (default: the model folder's max_position_embeddings)")
+    p.add_argument("--slo", type=_slo, help="latency objectives for goodput, any subset of "
+                   "ttft_ms=...,tpot_ms=...,e2e_ms=... (see harness/slo.py for the definitions)")
     p.add_argument("--wait", type=float, default=0.0, help="wait this long for the server to come up")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: only on a terminal)")
@@ -60,6 +73,26 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-metrics", action="store_true",
                    help="don't sample the server's /metrics into timeline.jsonl")
     p.add_argument("--metrics-interval", type=float, default=1.0, help="seconds between samples")
+
+
+def _groups(text: str) -> tuple[int, int]:
+    """argparse type for ``GROUPS:TOKENS``."""
+    try:
+        groups, tokens = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write GROUPS:TOKENS, e.g. 4:256") from None
+    return groups, tokens
+
+
+def _slo(text: str) -> str:
+    """argparse type: validate (harness.slo.parse) and keep the text for meta.json."""
+    from harness.slo import parse
+
+    try:
+        parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def config_from_args(a: argparse.Namespace):
@@ -77,7 +110,9 @@ def config_from_args(a: argparse.Namespace):
         warmup=pick(a.warmup, prof.warmup), seed=a.seed, timeout=pick(a.timeout, prof.timeout),
         vocab_size=a.vocab_size, id_range=a.id_range, model=a.model, flush=not a.no_flush,
         progress=a.progress, wait=a.wait, repeats=a.repeats, metrics=not a.no_metrics,
-        metrics_interval=a.metrics_interval, api_key=a.api_key, admin_api_key=a.admin_api_key)
+        metrics_interval=a.metrics_interval, api_key=a.api_key, admin_api_key=a.admin_api_key,
+        slo=a.slo, trace=a.trace, trace_time_unit=0.001 if a.trace_time_unit == "ms" else 1.0,
+        shared_prefix=a.shared_prefix, max_context=a.max_context)
 
 
 def cmd_run(a: argparse.Namespace) -> int:

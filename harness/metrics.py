@@ -16,6 +16,9 @@ themselves. Conventions:
   50/90/99th percentiles (numpy's default linear interpolation, via pandas).
   ``tpot = (e2e - ttft) / (output tokens - 1)`` per request; ``itl`` pools every
   inter-token gap of every successful request of the level.
+* With an SLO (:mod:`harness.slo`): ``slo_good`` requests met every objective,
+  ``slo_attainment`` = good / requests, ``goodput_req_per_s`` and ``goodput_tok_per_s`` =
+  good requests and their output tokens / duration.
 """
 
 from __future__ import annotations
@@ -27,13 +30,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.slo import SLO
+from harness.slo import good as good_requests
+
 QUANTILES = {"p50": 0.50, "p90": 0.90, "p99": 0.99}
 LATENCIES = ("ttft", "ttft_from_due", "tpot", "itl", "e2e", "e2e_from_due")
 KEYS = ["label", "level", "rate"]
 RUN_KEYS = KEYS + ["repeat"]
 #: per-level counts: summed over the runs of a level (everything else: their median)
 COUNTS = ("requests", "ok", "failed", "cancelled", "mismatched", "input_tokens",
-          "output_tokens", "cached_tokens")
+          "output_tokens", "cached_tokens", "slo_good")
 #: columns whose run-to-run range (min, max, spread) every summary carries
 SPREAD = ("req_per_s", "output_tok_per_s", "total_tok_per_s", "ttft_p50_ms", "tpot_p50_ms",
           "itl_p50_ms", "e2e_p50_ms")
@@ -71,7 +77,7 @@ def stats(values: pd.Series, name: str) -> dict[str, float]:
     return out
 
 
-def _level(g: pd.DataFrame) -> pd.Series:
+def _level(g: pd.DataFrame, slo: SLO | None = None) -> pd.Series:
     cancelled = g["cancelled"].astype(bool)
     ok = g["ok"].astype(bool) & ~cancelled
     good = g[ok]
@@ -96,12 +102,22 @@ def _level(g: pd.DataFrame) -> pd.Series:
               "itl": good["itl"].explode(), "e2e": good["e2e"], "e2e_from_due": good["e2e_from_due"]}
     for name in LATENCIES:
         row.update(stats(series[name], name))
+    row["prefix_hit_rate"] = row["cached_tokens"] / row["input_tokens"] if row["input_tokens"] else np.nan
+    if slo is not None:
+        live = g[~cancelled]
+        out_all = live["completion_tokens"].fillna(live["stream_tokens"])
+        tpot_all = (live["e2e"] - live["ttft"]) / (out_all - 1).where(out_all > 1)
+        good = good_requests(ok[~cancelled], live["ttft"], tpot_all, live["e2e"], slo)
+        row["slo_good"] = int(good.sum())
+        row["slo_attainment"] = row["slo_good"] / row["requests"] if row["requests"] else np.nan
+        row["goodput_req_per_s"] = row["slo_good"] / dur
+        row["goodput_tok_per_s"] = out_all[good].sum() / dur
     return pd.Series(row)
 
 
-def per_run(df: pd.DataFrame) -> pd.DataFrame:
+def per_run(df: pd.DataFrame, slo: SLO | None = None) -> pd.DataFrame:
     """One row per (label, level, rate, repeat) of the non-warm-up records: each run of a
-    level on its own (records without ``repeat`` are run 0)."""
+    level on its own (records without ``repeat`` are run 0); with ``slo``, its goodput."""
     if df.empty:
         return pd.DataFrame(columns=RUN_KEYS)
     df = df[~df["warmup"].astype(bool)].copy()
@@ -109,7 +125,7 @@ def per_run(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=RUN_KEYS)
     df["rate"] = pd.to_numeric(df["rate"]).fillna(math.inf)
     df["repeat"] = pd.to_numeric(df["repeat"]).fillna(0).astype(int) if "repeat" in df else 0
-    rows = df.groupby(RUN_KEYS, sort=False).apply(_level, include_groups=False)
+    rows = df.groupby(RUN_KEYS, sort=False).apply(_level, slo=slo, include_groups=False)
     return rows.reset_index().sort_values(["label", "rate", "level", "repeat"], kind="stable",
                                            ignore_index=True)
 
@@ -135,10 +151,10 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
+def summarize(df: pd.DataFrame, slo: SLO | None = None) -> pd.DataFrame:
     """One row per (label, level, rate) of the non-warm-up records, over all runs of the
     level (:func:`per_run` then :func:`aggregate`); ``rate`` inf = all at once."""
-    return aggregate(per_run(df))
+    return aggregate(per_run(df, slo))
 
 
 def _statuses(s: pd.Series) -> str:

@@ -25,6 +25,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
 
 from harness import metrics, sampler  # noqa: E402
+from harness.slo import SLO  # noqa: E402
+from harness.slo import parse as slo_parse  # noqa: E402
 
 TABLE_COLUMNS = {
     "label": "variant", "level": "conc", "rate": "rate", "runs": "runs", "ok": "ok",
@@ -37,7 +39,18 @@ TABLE_COLUMNS = {
     "tpot_mean_ms": "TPOT mean", "tpot_p50_ms": "TPOT p50", "tpot_p99_ms": "TPOT p99",
     "itl_p50_ms": "ITL p50", "itl_p90_ms": "ITL p90", "itl_p99_ms": "ITL p99",
     "e2e_mean_ms": "E2E mean", "e2e_p50_ms": "E2E p50", "e2e_p99_ms": "E2E p99",
+    "prefix_hit_rate": "prefix hit rate",
+    "slo_attainment": "SLO attainment", "goodput_req_per_s": "goodput req/s",
+    "goodput_tok_per_s": "goodput out tok/s",
 }
+
+
+def run_slo(metas: list[dict]) -> SLO | None:
+    """The SLO the runs were measured against (``config.slo`` of their meta.json)."""
+    texts = {m.get("config", {}).get("slo") for m in metas} - {None}
+    if len(texts) > 1:
+        raise ValueError(f"runs measured against different SLOs: {sorted(texts)}")
+    return slo_parse(texts.pop()) if texts else None
 
 
 def _meta(run_dir: Path) -> dict:
@@ -135,6 +148,20 @@ def plot(summary: pd.DataFrame, out: Path) -> list[Path]:
     paths.append(out / "latency.png")
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
+
+    if "slo_attainment" in summary:  # goodput.png: attainment and goodput vs concurrency
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        for ax, col, title in zip(axes, ["slo_attainment", "goodput_req_per_s"],
+                                  ["SLO attainment", "goodput (good requests/s)"]):
+            for (label, rate), g in groups:
+                ax.plot(g["level"], g[col], marker="o", label=name(label, rate))
+            _axes(ax, levels, title)
+        axes[0].set_ylim(0, 1.05)
+        axes[0].legend()
+        fig.tight_layout()
+        paths.append(out / "goodput.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
     return paths
 
 
@@ -236,6 +263,15 @@ def markdown(summary: pd.DataFrame, df: pd.DataFrame, metas: list[dict],
               "spread = (max - min) / median of the runs' output tok/s.", ""]
     parts.append(table(summary).to_markdown(index=False, floatfmt=".4g") if len(summary)
                  else "_no finished requests_")
+    if (slo := run_slo(metas)) is not None:
+        parts += ["", f"SLO: {slo.describe()} (ms). A request is good when it succeeded and "
+                  "met every objective (TTFT and E2E from sending it; TPOT = (E2E - TTFT) / "
+                  "(output tokens - 1)); SLO attainment = good / requests of the level; goodput = "
+                  "good requests, and their output tokens, per second of the level (vLLM's "
+                  "`--goodput`, AIPerf's good request fraction)."]
+    if "prefix_hit_rate" in summary:
+        parts += ["", "Prefix hit rate: the server's cached prompt tokens (`cached_tokens`) / "
+                  "prompt tokens of the level's successful requests."]
     if (bounds is not None and len(bounds)) or notes:
         every = sorted({t["interval_s"] for m in metas if (t := m.get("timeline") or {}).get("interval_s")})
         when = f"every {' / '.join(f'{x:g}' for x in every)} s" if every else "periodically"
@@ -262,7 +298,7 @@ def render(run_dirs: list[Path], out: Path) -> dict[str, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     df, metas = load([Path(d) for d in run_dirs])
-    summary = metrics.summarize(df)
+    summary = metrics.summarize(df, run_slo(metas))
     files = {"csv": out / "summary.csv"}
     summary.to_csv(files["csv"], index=False)
     if importlib.util.find_spec("pyarrow") and len(summary):

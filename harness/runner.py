@@ -37,7 +37,8 @@ from tqdm import tqdm
 from harness import client, sampler, sysinfo
 from sglang_mixkv.defaults import (ADMIN_API_KEY_ENV, API_KEY_ENV, auth_headers, redact_argv,
                                    redact_server_info)
-from harness.workload import IdRange, Request, arrival_offsets, make_requests
+from harness.workload import (IdRange, Request, TraceError, arrival_offsets, load_trace,
+                              make_requests, trace_requests)
 
 JSONL = "requests.jsonl"
 
@@ -85,6 +86,11 @@ class RunConfig:
     metrics_interval: float = 1.0  # seconds between samples
     api_key: str | None = field(default=None, repr=False)  # never written to meta.json
     admin_api_key: str | None = field(default=None, repr=False)  # for /flush_cache only
+    slo: str | None = None  # "ttft_ms=...,tpot_ms=...,e2e_ms=..." (harness.slo), for the report
+    trace: Path | None = None  # JSON lines of lengths (+ arrival times): replaces the prompts
+    trace_time_unit: float = 1.0  # seconds per trace timestamp unit
+    shared_prefix: tuple[int, int] | None = None  # (groups, prefix tokens)
+    max_context: int | None = None  # None: the model folder's max_position_embeddings
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -150,9 +156,9 @@ async def check_auth(session: aiohttp.ClientSession, url: str) -> None:
                            f"key; pass --api-key KEY or set {API_KEY_ENV}")
 
 
-async def discover_vocab(session: aiohttp.ClientSession, url: str) -> int | None:
-    """Vocabulary size from the model folder the server names (``/model_info`` for
-    SGLang, ``/v1/models`` ``root`` for vLLM), when that folder is readable here."""
+async def model_config(session: aiohttp.ClientSession, url: str) -> dict:
+    """``config.json`` of the model folder the server names (``/model_info`` for SGLang,
+    ``/v1/models`` ``root`` for vLLM), when that folder is readable here; else ``{}``."""
     paths = []
     if info := await get_json(session, url, "/model_info"):
         paths.append(info.get("model_path"))
@@ -162,10 +168,14 @@ async def discover_vocab(session: aiohttp.ClientSession, url: str) -> int | None
         cfg = Path(p) / "config.json"
         if cfg.is_file():
             c = json.loads(cfg.read_text())
-            vocab = c.get("vocab_size") or (c.get("text_config") or {}).get("vocab_size")
-            if vocab:
-                return int(vocab)
-    return None
+            return {**c, **(c.get("text_config") or {})}
+    return {}
+
+
+async def discover_vocab(session: aiohttp.ClientSession, url: str) -> int | None:
+    """Vocabulary size from the server's model folder (:func:`model_config`)."""
+    vocab = (await model_config(session, url)).get("vocab_size")
+    return int(vocab) if vocab else None
 
 
 #: seconds a flush is retried while the server answers without flushing
@@ -218,14 +228,17 @@ async def run_level(session: aiohttp.ClientSession, cfg: RunConfig, api: client.
         return time.perf_counter() - t0
 
     rate = cfg.rate if not reqs or not reqs[0].warmup else math.inf
-    dues = arrival_offsets(len(reqs), rate, cfg.seed)
+    if reqs and reqs[0].due is not None:  # a trace's own arrival times
+        rate, dues = math.nan, [r.due for r in reqs]
+    else:
+        dues = arrival_offsets(len(reqs), rate, cfg.seed)
     sem = asyncio.Semaphore(level)
     done: list[client.Record] = []
     hide = None if cfg.progress is None else not cfg.progress  # None: tqdm hides off a tty
     pbar = tqdm(total=len(reqs), desc=desc, unit="req", disable=hide)
 
     async def one(req: Request, due: float) -> None:
-        rec = client.Record(cfg.label, level, None if math.isinf(rate) else rate, req.index,
+        rec = client.Record(cfg.label, level, rate if math.isfinite(rate) else None, req.index,
                             req.warmup, api.name, req.input_len, req.output_len, due, repeat)
         try:
             # A loop, not one sleep: uvloop (the policy SGLang's modules install on import)
@@ -284,9 +297,19 @@ async def run(cfg: RunConfig, argv: list[str] | None = None) -> Path:
                     f"cannot discover the vocabulary size from {cfg.url}: pass --vocab-size")
             cfg.vocab_size, cfg.id_range = vocab, IdRange.for_vocab(vocab)
 
-        reqs = make_requests(cfg.num_prompts, cfg.input_len, cfg.output_len, cfg.seed, cfg.id_range)
-        warm = make_requests(cfg.warmup, cfg.input_len, cfg.output_len, cfg.seed, cfg.id_range,
-                             warmup=True)
+        if cfg.trace is not None:
+            context = cfg.max_context or (await model_config(session, cfg.url)).get(
+                "max_position_embeddings")
+            try:
+                entries = load_trace(cfg.trace, cfg.trace_time_unit, context)
+            except TraceError as e:
+                raise StartupError(str(e)) from None
+            reqs = trace_requests(entries, cfg.seed, cfg.id_range)
+        else:
+            reqs = make_requests(cfg.num_prompts, cfg.input_len, cfg.output_len, cfg.seed,
+                                 cfg.id_range, shared_prefix=cfg.shared_prefix)
+        warm = make_requests(cfg.warmup, reqs[0].input_len, reqs[0].output_len, cfg.seed,
+                             cfg.id_range, warmup=True)
         meta = {"status": "running", "label": cfg.label, "config": cfg.to_json(),
                 "probe": answered, "flush": {}, "levels_done": [], "levels": [],
                 "started_unix": time.time(),

@@ -10,16 +10,26 @@ Invariants (what the tests check):
   measured prompts beyond chance.
 * ``arrival_offsets(n, rate, seed)`` is non-decreasing, starts at the first gap (Poisson
   process of ``rate`` requests/s), and is all zeros for ``rate=inf`` (everything due at once).
+* Shared prefixes (``shared_prefix=(groups, length)``): request ``i`` starts with group
+  ``i % groups``'s ``length`` ids (the same for every request of the group, drawn from
+  their own stream), then its own ids up to ``input_len``.
+* A trace (:func:`load_trace`: JSON lines of input and output lengths, optional arrival
+  times) gives each request its own lengths and due time (seconds after the first).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
 
 import numpy as np
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt
+from pydantic import ValidationError
 
-MEASURED, WARMUP = 0, 1  # stream tags mixed into the seed
+MEASURED, WARMUP, PREFIX = 0, 1, 3  # stream tags mixed into the seed
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,7 @@ class Request:
     input_ids: list[int]
     output_len: int
     warmup: bool = False
+    due: Optional[float] = None  # a trace's arrival time (None: the level's arrival process)
 
     @property
     def input_len(self) -> int:
@@ -86,13 +97,80 @@ def _prompt(seed: int, stream: int, index: int, input_len: int, ids: IdRange) ->
 
 
 def make_requests(num_prompts: int, input_len: int, output_len: int, seed: int,
-                  ids: IdRange, warmup: bool = False) -> list[Request]:
-    """``num_prompts`` requests of exactly ``input_len`` prompt ids, ``output_len`` out."""
+                  ids: IdRange, warmup: bool = False,
+                  shared_prefix: tuple[int, int] | None = None) -> list[Request]:
+    """``num_prompts`` requests of exactly ``input_len`` prompt ids, ``output_len`` out;
+    ``shared_prefix = (groups, length)``: request i opens with group ``i % groups``'s
+    prefix of ``length`` ids."""
     if input_len < 1 or output_len < 1:
         raise ValueError("input_len and output_len must be >= 1")
     stream = WARMUP if warmup else MEASURED
-    return [Request(i, _prompt(seed, stream, i, input_len, ids), output_len, warmup)
-            for i in range(num_prompts)]
+    if shared_prefix is None or warmup:
+        return [Request(i, _prompt(seed, stream, i, input_len, ids), output_len, warmup)
+                for i in range(num_prompts)]
+    groups, length = shared_prefix
+    if groups < 1 or not 0 < length < input_len:
+        raise ValueError(f"--shared-prefix {groups}:{length}: need at least one group and a "
+                         f"prefix shorter than the prompt ({input_len} tokens)")
+    prefixes = [_prompt(seed, PREFIX, g, length, ids) for g in range(groups)]
+    return [Request(i, prefixes[i % groups] + _prompt(seed, stream, i, input_len - length, ids),
+                    output_len) for i in range(num_prompts)]
+
+
+class TraceError(ValueError):
+    """A trace line that cannot be replayed; the message names the file and the line."""
+
+
+class TraceEntry(BaseModel):
+    """One line of a trace: lengths (``input_len``/``output_len``, or mooncake's
+    ``input_length``/``output_length``) and an optional arrival time."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    input_len: PositiveInt = Field(validation_alias=AliasChoices("input_len", "input_length"))
+    output_len: PositiveInt = Field(validation_alias=AliasChoices("output_len", "output_length"))
+    timestamp: Optional[NonNegativeFloat] = None
+
+
+def load_trace(path: Path, time_unit: float = 1.0,
+               max_context: int | None = None) -> list[TraceEntry]:
+    """The entries of a JSON-lines trace. ``time_unit``: seconds per timestamp unit
+    (0.001 for millisecond traces); timestamps must be on every line or none, and never
+    go backwards; ``max_context``: the server's context (prompt + output must fit).
+    Raises TraceError naming the line."""
+    out: list[TraceEntry] = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                e = TraceEntry.model_validate(json.loads(line))
+            except (json.JSONDecodeError, ValidationError) as err:
+                why = err.errors()[0] if isinstance(err, ValidationError) else None
+                text = (f"{'.'.join(map(str, why['loc']))}: {why['msg']}" if why else str(err))
+                raise TraceError(f"{path} line {n}: {text}") from None
+            if max_context is not None and e.input_len + e.output_len > max_context:
+                raise TraceError(f"{path} line {n}: {e.input_len} prompt + {e.output_len} output "
+                                 f"tokens exceed the server's context of {max_context}")
+            if out and (out[0].timestamp is None) != (e.timestamp is None):
+                raise TraceError(f"{path} line {n}: timestamps must be on every line or on none")
+            if out and e.timestamp is not None and e.timestamp < out[-1].timestamp:
+                raise TraceError(f"{path} line {n}: timestamp {e.timestamp} goes backwards "
+                                 f"(the line before: {out[-1].timestamp})")
+            out.append(e.model_copy(update={"timestamp": None if e.timestamp is None
+                                            else e.timestamp * time_unit}))
+    if not out:
+        raise TraceError(f"{path}: no requests")
+    return out
+
+
+def trace_requests(entries: list[TraceEntry], seed: int, ids: IdRange) -> list[Request]:
+    """One request per entry: its lengths, random ids (seeded as :func:`make_requests`),
+    due at its timestamp minus the first one."""
+    t0 = entries[0].timestamp
+    return [Request(i, _prompt(seed, MEASURED, i, e.input_len, ids), e.output_len,
+                    due=None if t0 is None else e.timestamp - t0)
+            for i, e in enumerate(entries)]
 
 
 def arrival_offsets(n: int, rate: float, seed: int) -> np.ndarray:

@@ -54,6 +54,8 @@ def run_sweep(plan: str, st: Settings, vdir: Path) -> None:
                "--input-len", str(st.input_len), "--output-len", str(st.output_len),
                "--concurrency", ",".join(map(str, st.concurrency)), "--warmup", str(st.warmup),
                "--timeout", str(st.timeout), "--no-progress", "--repeats", str(st.repeats)]
+        if st.slo:
+            cmd += ["--slo", st.slo]
         print("  " + shlex.join(cmd), flush=True)
         subprocess.run(cmd, cwd=REPO, check=True)
 
@@ -125,6 +127,10 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
                     help=f"serve with this API key (default: ${API_KEY_ENV}); it reaches the "
                     f"servers and the harness as ${API_KEY_ENV}, never in a command line or a "
                     "results file")
+    ap.add_argument("--slo", default=d.slo, help="latency objectives for goodput: any subset of "
+                    "ttft_ms=...,tpot_ms=...,e2e_ms=... (harness/slo.py)")
+    ap.add_argument("--slo-target", type=float, default=d.slo_target,
+                    help="attainment a level must reach to meet the SLO (default 0.9)")
     ap.add_argument("--config", type=Path, help="JSON file of the settings above (flags win)")
     ap.add_argument("--out", type=Path, help="run folder (default results/bench-<time>)")
     ap.add_argument("--capacity-only", action="store_true",
@@ -141,8 +147,12 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
         concurrency=[int(x) for x in str(a.concurrency).split(",")], warmup=a.warmup,
         kv_budget=a.kv_budget or None, mem_fraction=a.mem_fraction, max_running=a.max_running,
         server_args=shlex.split(a.server_args), port=a.port, timeout=d.timeout,
-        repeats=a.repeats, kv_heads=a.kv_heads,
+        repeats=a.repeats, kv_heads=a.kv_heads, slo=a.slo, slo_target=a.slo_target,
     )
+    if st.slo:
+        from harness.slo import parse as parse_slo
+
+        parse_slo(st.slo)  # a clear error before any server starts
     size = bench_size(st)
     for spec in st.plans:
         variants.parse(spec).resolve(size.num_layers)  # fail before starting anything

@@ -8,6 +8,7 @@ import json
 import shlex
 from pathlib import Path
 
+from harness.slo import parse as parse_slo
 from mixkv_bench import variants
 from mixkv_bench.bench_roofline import roofline_columns
 from mixkv_bench.settings import DECODE_LOG_INTERVAL, Settings, bench_size
@@ -33,12 +34,14 @@ def write_report(run: Path, st: Settings) -> Path:
                   f"x{hw.get('cpu_count')}; {hw.get('memory_gib')} GiB RAM",
                   workload_line(run, st), ""]
     if done:
-        summary = pd.concat([metrics.summarize(metrics.load_run(d)) for d in done], ignore_index=True)
+        slo = parse_slo(st.slo) if st.slo else None
+        summary = pd.concat([metrics.summarize(metrics.load_run(d), slo) for d in done],
+                            ignore_index=True)
         hreport.plot(summary, run)  # throughput.png, latency.png
         summary = metrics.speedup(summary, "standard")
         summary, hw = roofline_columns(summary, run, st)
         summary.to_csv(run / "summary.csv", index=False)
-        parts += throughput_section(summary, hw)
+        parts += throughput_section(summary, hw, st)
         parts += bounds_section(summary, done, run, hw)
     missing = [p for p in st.plans if not (run / p / "harness" / "requests.jsonl").exists()
                and not (run / p / "probe.json").exists()]
@@ -54,7 +57,7 @@ def write_report(run: Path, st: Settings) -> Path:
     (run / "report.md").write_text("\n".join(parts))
     return run / "report.md"
 
-def throughput_section(summary, hw) -> list[str]:
+def throughput_section(summary, hw, st: Settings) -> list[str]:
     """The throughput and latency table: medians of the runs, the output tok/s range and
     spread, the speed-up over standard with its range and significance, and the roofline
     bound with the measured fraction of it."""
@@ -68,7 +71,7 @@ def throughput_section(summary, hw) -> list[str]:
     cols = ["label", "level", "runs", "ok", "failed", "output_tok_per_s", "out_tok_per_s_range",
             "output_tok_per_s_spread", "speedup_vs_standard", "speedup_range", "significant",
             "roofline_out_tok_per_s", "roofline_fraction", "ttft_p50_ms", "tpot_p50_ms",
-            "itl_p99_ms", "e2e_p50_ms"]
+            "itl_p99_ms", "e2e_p50_ms", "slo_attainment", "goodput_req_per_s", "goodput_tok_per_s"]
     bound = ("" if hw is None else
              f" `roofline_*`: the lower bound of `mixkv_bench.roofline` for the same plan, "
              f"workload, level and pools on {hw.describe()}; `roofline_fraction` = measured / "
@@ -81,7 +84,33 @@ def throughput_section(summary, hw) -> list[str]:
             "`significant`: `yes` only when every run of the variant beats (or loses to) every "
             "run of standard, `no` when the ranges overlap (inside the run-to-run spread)." + bound,
             "", t[[c for c in cols if c in t]].to_markdown(index=False, floatfmt=".3g"), "",
+            *slo_section(t, st),
             "![throughput](throughput.png)", "", "![latency](latency.png)", ""]
+
+
+def slo_section(summary, st: Settings) -> list[str]:
+    """Per variant, the highest concurrency level whose SLO attainment (median of the
+    runs) reaches ``st.slo_target``, and its goodput."""
+    if not st.slo or "slo_attainment" not in summary:
+        return []
+    import pandas as pd
+
+    rows = []
+    for label, g in summary.groupby("label", sort=False):
+        met = g[g["slo_attainment"] >= st.slo_target].sort_values("level")
+        best = met.iloc[-1] if len(met) else None
+        rows.append({"variant": label,
+                     "highest level meeting the SLO": int(best["level"]) if best is not None else "none",
+                     "attainment there": best["slo_attainment"] if best is not None else None,
+                     "goodput req/s there": best["goodput_req_per_s"] if best is not None else None,
+                     "best goodput req/s (any level)": g["goodput_req_per_s"].max()})
+    return [f"SLO {parse_slo(st.slo).describe()} (ms), target attainment {st.slo_target:.0%}: a "
+            "request is good when it succeeded and met every objective (TTFT and E2E from "
+            "sending it, TPOT = (E2E - TTFT) / (output tokens - 1)); attainment = good / "
+            "requests of the level, goodput = good requests per second (vLLM's `--goodput`, "
+            "AIPerf's good request fraction).", "",
+            pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3g"), "",
+            "![goodput](goodput.png)", ""]
 
 def bounds_section(summary, done: list[Path], run: Path, hw) -> list[str]:
     """What bounded each level: the roofline's batch limit and bounding resources beside

@@ -30,6 +30,8 @@ class Settings:
     port: int = 0  # 0: a free port for every server (started again on another if taken)
     repeats: int = 1  # runs of every level (the report shows their spread)
     kv_heads: int | None = None  # --kv-heads of every server (None: the size's)
+    slo: str | None = None  # latency objectives for goodput (harness.slo), e.g. "ttft_ms=500"
+    slo_target: float = 0.9  # attainment a level must reach to count as meeting the SLO
 
 
 def defaults(gpu: bool, capacity_only: bool = False) -> Settings:

@@ -2,6 +2,7 @@
 beside each level, and the server timeline's verdict (no server needed)."""
 
 import json
+import re
 from dataclasses import asdict
 
 import pandas as pd
@@ -66,3 +67,19 @@ def test_predicted_duration_of_the_gpu_defaults_fits_two_hours():
     pred = bench_roofline.predict(st, rl.gpu("H100"))
     assert pred["bound_s"] < pred["expected_s"] <= 2 * 3600
     assert st.concurrency == [8, 64, 300] and st.repeats == 2
+
+
+def test_report_names_the_highest_level_meeting_the_slo(tmp_path):
+    """Every fake request takes 300 ms end to end (tests/helpers/harness_fixtures.py):
+    with E2E <= 400 ms every level meets the SLO; with E2E <= 250 ms none does."""
+    run = tmp_path / "run"
+    for label in ("standard", "ma"):
+        variant(run, label, {1: [1.0, 1.1, 1.2], 8: [1.0, 1.05, 1.1]},
+                {1: (1, 0, 0.1), 8: (5, 3, 0.5)})
+    for e2e, highest in (("400", "8"), ("250", "none")):
+        st = settings.Settings(["standard", "ma"], "tiny", 8, 10, 3, [1, 8], 0, "64MiB", None, 32,
+                               repeats=3, slo=f"e2e_ms={e2e}")
+        md = write_report(run, st).read_text()
+        assert "highest level meeting the SLO" in md
+        assert re.search(rf"\| standard\s+\|\s+{highest}\s+\|", md), md
+    assert (run / "goodput.png").is_file()
