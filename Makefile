@@ -32,12 +32,14 @@ test-fast: setup
 # Knobs (unset = the defaults for this machine; see README):
 #   PLANS=standard,ma  PROMPTS=300  INPUT_LEN=31000  OUTPUT_LEN=1000  CONCURRENCY=1,8,32
 #   MEM_FRACTION=0.85  KV_BUDGET=64MiB  MAX_RUNNING=300  REPEATS=3  KV_HEADS=1  CONFIG=bench.json  OUT=results/x
+#   DP=2 (servers per variant behind sglang-router)  SLO=ttft_ms=500,tpot_ms=50  SHARED_PREFIX=4:256
 knob = $(if $($(1)),$(2) $($(1)))
 BENCH_FLAGS = $(call knob,PLANS,--plans) $(call knob,PROMPTS,--num-prompts) \
 	$(call knob,INPUT_LEN,--input-len) $(call knob,OUTPUT_LEN,--output-len) \
 	$(call knob,CONCURRENCY,--concurrency) $(call knob,MEM_FRACTION,--mem-fraction) \
 	$(call knob,KV_BUDGET,--kv-budget) $(call knob,MAX_RUNNING,--max-running) \
 	$(call knob,REPEATS,--repeats) $(call knob,KV_HEADS,--kv-heads) \
+	$(call knob,DP,--dp) $(call knob,SLO,--slo) $(call knob,SHARED_PREFIX,--shared-prefix) \
 	$(call knob,CONFIG,--config) $(call knob,OUT,--out) $(BENCH_ARGS)
 
 # API_KEY=KEY (bench, serve): the servers require it, the harness and bench send

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from sglang_mixkv.defaults import ADMIN_API_KEY_ENV, API_KEY_ENV
-from harness.workload import PROFILES, IdRange
+from harness.workload import PROFILES, IdRange, parse_shared_prefix
+from harness.client import API_NAMES
 
 
 def _ints(text: str) -> list[int]:
@@ -27,8 +28,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:30000")
     p.add_argument("--profile", default="paper", choices=sorted(PROFILES),
                    help="named workload; the flags below override its fields (default: paper)")
-    p.add_argument("--api", default="generate", choices=["generate", "openai"],
-                   help="SGLang /generate or OpenAI-compatible /v1/completions")
+    p.add_argument("--api", default="generate", choices=list(API_NAMES),
+                   help="SGLang /generate, OpenAI-compatible /v1/completions or "
+                        "/v1/chat/completions (chat)")
     p.add_argument("--num-prompts", type=int)
     p.add_argument("--input-len", type=int)
     p.add_argument("--output-len", type=int)
@@ -51,6 +53,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    f"(default: ${ADMIN_API_KEY_ENV}); without it a server with keys refuses the "
                    "flush and the report says the levels ran unflushed")
     p.add_argument("--no-flush", action="store_true", help="don't POST /flush_cache between levels")
+    p.add_argument("--backend", action="append", default=[], metavar="URL",
+                   help="a server behind the router at --url (repeat per server): flushed "
+                   "directly with the admin key between levels and asked for /server_info")
     p.add_argument("--trace", type=Path, help="replay a JSON-lines trace: per line input_len "
                    "and output_len (or mooncake's input_length/output_length) and an optional "
                    "timestamp (arrival time); replaces --num-prompts/--input-len/--output-len "
@@ -78,10 +83,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 def _groups(text: str) -> tuple[int, int]:
     """argparse type for ``GROUPS:TOKENS``."""
     try:
-        groups, tokens = (int(x) for x in text.split(":"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: write GROUPS:TOKENS, e.g. 4:256") from None
-    return groups, tokens
+        return parse_shared_prefix(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _slo(text: str) -> str:
@@ -112,7 +116,8 @@ def config_from_args(a: argparse.Namespace):
         progress=a.progress, wait=a.wait, repeats=a.repeats, metrics=not a.no_metrics,
         metrics_interval=a.metrics_interval, api_key=a.api_key, admin_api_key=a.admin_api_key,
         slo=a.slo, trace=a.trace, trace_time_unit=0.001 if a.trace_time_unit == "ms" else 1.0,
-        shared_prefix=a.shared_prefix, max_context=a.max_context)
+        shared_prefix=a.shared_prefix, max_context=a.max_context,
+        backends=[b.rstrip("/") for b in a.backend])
 
 
 def cmd_run(a: argparse.Namespace) -> int:

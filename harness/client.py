@@ -1,4 +1,5 @@
-"""One streaming request over HTTP, timed: SGLang ``/generate`` or OpenAI ``/v1/completions``.
+"""One streaming request over HTTP, timed: SGLang ``/generate``, OpenAI ``/v1/completions``
+or OpenAI ``/v1/chat/completions``.
 
 Timing model (all times are seconds on the run's monotonic clock, relative to the start
 of the level the request belongs to):
@@ -17,11 +18,15 @@ A chunk that brings ``k`` new tokens after a gap ``g`` adds ``k`` entries of ``g
 Hence ``sum(itl) == t(last token chunk) - first`` exactly. Token counts per chunk come
 from the server: ``meta_info.completion_tokens`` (cumulative) for ``/generate``;
 ``choices[0].token_ids`` for OpenAI when the server returns them (we ask with
-``return_token_ids``, which SGLang and vLLM honour), else one token per chunk.
+``return_token_ids``, which SGLang and vLLM honour), else one token per chunk; for chat,
+the cumulative ``usage.completion_tokens`` each chunk carries when asked with
+``stream_options.continuous_usage_stats`` (SGLang, vLLM), else one token per content delta.
 
 Lengths are checked against the server's own counts (``meta_info.prompt_tokens`` /
 ``completion_tokens``; OpenAI ``usage``); a difference from the requested lengths sets
-``mismatch`` (the request still counts as successful, the report counts mismatches).
+``mismatch`` (the request still counts as successful, the report counts mismatches). A chat
+prompt is the model's chat template around the message, so its ``prompt_tokens`` is the
+server's count (``input_len`` plus the template's tokens) and is not checked.
 """
 
 from __future__ import annotations
@@ -93,7 +98,8 @@ class Record:
             self.ttft, self.ttft_from_due = self.first - self.sent, self.first - self.due
         if self.ok:
             bad = []
-            if self.prompt_tokens is not None and self.prompt_tokens != self.input_len:
+            if (self.prompt_tokens is not None and self.api != ChatApi.name
+                    and self.prompt_tokens != self.input_len):
                 bad.append(f"prompt_tokens {self.prompt_tokens} != {self.input_len}")
             out = self.completion_tokens if self.completion_tokens is not None else self.stream_tokens
             if out != self.output_len:
@@ -109,7 +115,7 @@ class Record:
 class Api(Protocol):
     """What the client needs to know about one HTTP API."""
 
-    name: str  # "generate" | "openai"
+    name: str  # "generate" | "openai" | "chat"
     path: str
 
     def payload(self, req: Request) -> dict: ...
@@ -187,6 +193,54 @@ class OpenAIApi:
             details = usage.get("prompt_tokens_details") or {}
             rec.cached_tokens = details.get("cached_tokens", rec.cached_tokens)
         return rec.stream_tokens
+
+
+class ChatApi:
+    """OpenAI-compatible ``POST /v1/chat/completions``: one user message whose text is the
+    prompt's ids as words (``t{id}``, our models' vocabulary, so the server runs exactly
+    those ids inside its chat template; other tokenizers get text of about that length)."""
+
+    name, path = "chat", "/v1/chat/completions"
+
+    def __init__(self, model: str = "default"):
+        self.model = model
+
+    def payload(self, req: Request) -> dict:
+        return {
+            "model": self.model,
+            "messages": [{"role": "user", "content": " ".join(f"t{i}" for i in req.input_ids)}],
+            "max_tokens": req.output_len, "temperature": 0.0, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+        }
+
+    parse = staticmethod(_loads)
+
+    def update(self, ev: dict, rec: Record) -> int:
+        usage = ev.get("usage")
+        if usage:
+            rec.prompt_tokens = usage.get("prompt_tokens")
+            rec.completion_tokens = usage.get("completion_tokens")
+            details = usage.get("prompt_tokens_details") or {}
+            rec.cached_tokens = details.get("cached_tokens", rec.cached_tokens)
+            rec.stream_tokens = rec.completion_tokens or 0
+        else:  # a server without continuous usage: one token per content delta
+            rec.stream_tokens += sum(
+                1 for c in ev.get("choices") or [] if (c.get("delta") or {}).get("content"))
+        return rec.stream_tokens
+
+
+API_NAMES = ("generate", "openai", "chat")
+
+
+def make_api(name: str, model: str = "default") -> Api:
+    """The client for ``--api NAME``."""
+    if name == GenerateApi.name:
+        return GenerateApi()
+    if name == OpenAIApi.name:
+        return OpenAIApi(model)
+    if name == ChatApi.name:
+        return ChatApi(model)
+    raise ValueError(f"unknown API {name!r}; expected one of {', '.join(API_NAMES)}")
 
 
 def _error_text(ev: dict) -> str | None:

@@ -184,35 +184,74 @@ def mismatches(df: pd.DataFrame) -> pd.DataFrame:
     return m[cols].reset_index(drop=True)
 
 
-def speedup(summary: pd.DataFrame, baseline: str, col: str = "output_tok_per_s") -> pd.DataFrame:
+#: the significance test's confidence level
+CONFIDENCE = 0.95
+
+
+def ratio_interval(runs: pd.Series, base: pd.Series) -> tuple[float, float, str]:
+    """A ``CONFIDENCE`` interval of the ratio of a variant's throughput to the baseline's,
+    from their runs (indexed by repeat): Student's t on log ratios (scipy.stats), so the
+    interval is of the geometric-mean ratio. When both ran the same repeats each repeat's
+    ratio is one sample (``paired``: a round's slow machine slows both); otherwise
+    Welch's t on the two sides' log throughputs (``unpaired``). Not a bootstrap: with the
+    3 runs a bench affords, a percentile bootstrap interval is just the runs' [min, max]
+    and covers far less than 95%."""
+    from scipy import stats
+
+    common = runs.index.intersection(base.index)
+    if len(common) == len(runs) == len(base):
+        logs = np.log(runs.loc[common].to_numpy(float) / base.loc[common].to_numpy(float))
+        if np.ptp(logs) == 0:  # every run gave the same ratio: no spread to test against
+            return float(np.exp(logs[0])), float(np.exp(logs[0])), "paired"
+        ci = stats.ttest_1samp(logs, 0.0).confidence_interval(CONFIDENCE)
+        return float(np.exp(ci.low)), float(np.exp(ci.high)), "paired"
+    ci = stats.ttest_ind(np.log(runs.to_numpy(float)), np.log(base.to_numpy(float)),
+                         equal_var=False).confidence_interval(CONFIDENCE)
+    return float(np.exp(ci.low)), float(np.exp(ci.high)), "unpaired"
+
+
+def speedup(summary: pd.DataFrame, baseline: str, runs: pd.DataFrame | None = None,
+            col: str = "output_tok_per_s") -> pd.DataFrame:
     """``summary`` (one row per label and level, from :func:`summarize`) with the speed-up
     of every label over ``baseline`` at the same level and rate: ``speedup_vs_<baseline>``
-    (median over median), ``speedup_low`` / ``speedup_high`` (worst run over the
-    baseline's best, best over its worst) and ``significant``: ``yes`` when the two labels'
-    runs do not overlap (every run of one beats every run of the other), ``no`` when the
-    ranges overlap (the difference is inside the run-to-run spread), ``n/a`` with one run
-    on either side. The baseline's own rows get 1.0 and ``-``."""
+    (median over median) and ``speedup_low`` / ``speedup_high`` (worst run over the
+    baseline's best, best over its worst). With ``runs`` (:func:`per_run` rows of both),
+    ``speedup_ci_low`` / ``speedup_ci_high``: the interval of :func:`ratio_interval`, and
+    ``significant``: ``yes`` when it excludes 1, ``no`` when it holds 1 (the difference
+    is inside the run-to-run noise), ``n/a`` with fewer than two runs on either side.
+    Without ``runs``,
+    ``significant`` says whether the two labels' ranges are disjoint. The baseline's own
+    rows get 1.0 and ``-``."""
     out = summary.copy()
     name = f"speedup_vs_{baseline}"
     lo, hi = f"{col}_min", f"{col}_max"
     base = out[out["label"] == baseline].set_index(["level", "rate"])
+    by_run = None if runs is None else runs.set_index(KEYS + ["repeat"])[col].sort_index()
     rows = []
     for _, r in out.iterrows():
         key = (r["level"], r["rate"])
         if key not in base.index:
-            rows.append((np.nan, np.nan, np.nan, "n/a (no baseline)"))
+            rows.append((np.nan, np.nan, np.nan, np.nan, np.nan, "n/a (no baseline)"))
             continue
         b = base.loc[key]
         ratio = r[col] / b[col]
         low, high = r[lo] / b[hi], r[hi] / b[lo]
+        ci_low = ci_high = np.nan
         if r["label"] == baseline:
             verdict = "-"
         elif min(r["runs"], b["runs"]) < 2:
             verdict = "n/a (1 run)"
+        elif by_run is not None:
+            mine = by_run.loc[(r["label"], *key)]
+            theirs = by_run.loc[(baseline, *key)]
+            ci_low, ci_high, how = ratio_interval(mine, theirs)
+            verdict = (f"yes ({how})" if ci_low > 1 or ci_high < 1
+                       else f"no ({how}: interval holds 1)")
         elif r[lo] > b[hi] or r[hi] < b[lo]:
             verdict = "yes"
         else:
             verdict = "no (inside run-to-run spread)"
-        rows.append((ratio, low, high, verdict))
-    out[[name, "speedup_low", "speedup_high", "significant"]] = pd.DataFrame(rows, index=out.index)
+        rows.append((ratio, low, high, ci_low, ci_high, verdict))
+    cols = [name, "speedup_low", "speedup_high", "speedup_ci_low", "speedup_ci_high", "significant"]
+    out[cols] = pd.DataFrame(rows, index=out.index)
     return out

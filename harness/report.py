@@ -179,8 +179,8 @@ def timeline_bounds(run_dirs: list[Path]) -> tuple[pd.DataFrame, list[str]]:
     the maximum over the runs, the median running the median of the runs' medians,
     retractions summed) and what bounded it (:func:`harness.sampler.what_bounded`); plus a
     note for every run folder without a timeline."""
-    rows, notes = [], []
-    for d in map(Path, run_dirs):
+    rows, notes, runs = [], [], {}
+    for d in map(Path, run_dirs):  # several folders of one label (rounds) are pooled
         meta = _meta(d)
         label = meta.get("label") or d.name
         tl = sampler.load(d)
@@ -191,6 +191,10 @@ def timeline_bounds(run_dirs: list[Path]) -> tuple[pd.DataFrame, list[str]]:
         info = json.loads((d / "server_info.json").read_text()) if (d / "server_info.json").is_file() else {}
         prompts = (meta.get("config") or {}).get("num_prompts")
         per = sampler.level_summary(tl, meta.get("levels", []))
+        pers, _, _ = runs.setdefault(label, ([], info, prompts))
+        pers.append(per)
+    for label, (pers, info, prompts) in runs.items():
+        per = pd.concat(pers, ignore_index=True)
         for level, g in per.groupby("level", sort=False):
             agg = {"samples": int(g["samples"].sum()),
                    "peak_running": g["peak_running"].max(), "median_running": g["median_running"].median(),

@@ -9,7 +9,8 @@ rewritten at the end with the final ``status`` (``complete`` or ``interrupted``)
 
 Between levels (and after warm-up) the server's prefix cache is flushed with
 ``POST /flush_cache`` when the server has it (SGLang); servers without it are noted in
-``meta.json`` and the run goes on.
+``meta.json`` and the run goes on. Behind a router (``backends``: the servers it routes to)
+the flush goes to each server directly: a router holds the users' key, not the admin key.
 
 With ``repeats`` > 1 the whole sweep runs that many times (repeat-major: 1, 8, 32, 1, 8,
 32, ...), so a drift of the machine's speed spreads over every level; each record
@@ -91,6 +92,7 @@ class RunConfig:
     trace_time_unit: float = 1.0  # seconds per trace timestamp unit
     shared_prefix: tuple[int, int] | None = None  # (groups, prefix tokens)
     max_context: int | None = None  # None: the model folder's max_position_embeddings
+    backends: list[str] = field(default_factory=list)  # servers behind a router at url
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -158,14 +160,17 @@ async def check_auth(session: aiohttp.ClientSession, url: str) -> None:
 
 async def model_config(session: aiohttp.ClientSession, url: str) -> dict:
     """``config.json`` of the model folder the server names (``/model_info`` for SGLang,
-    ``/v1/models`` ``root`` for vLLM), when that folder is readable here; else ``{}``."""
+    ``/get_model_info`` for sglang-router, ``/v1/models`` ``root`` for vLLM or ``id``),
+    when that folder is readable here; else ``{}``."""
     paths = []
-    if info := await get_json(session, url, "/model_info"):
-        paths.append(info.get("model_path"))
+    for route in ("/model_info", "/get_model_info"):
+        if info := await get_json(session, url, route):
+            paths.append(info.get("model_path"))
+            break
     if models := await get_json(session, url, "/v1/models"):
-        paths += [m.get("root") for m in models.get("data", [])]
+        paths += [m.get(k) for m in models.get("data", []) for k in ("root", "id")]
     for p in filter(None, paths):
-        cfg = Path(p) / "config.json"
+        cfg = Path(str(p)) / "config.json"
         if cfg.is_file():
             c = json.loads(cfg.read_text())
             return {**c, **(c.get("text_config") or {})}
@@ -176,6 +181,14 @@ async def discover_vocab(session: aiohttp.ClientSession, url: str) -> int | None
     """Vocabulary size from the server's model folder (:func:`model_config`)."""
     vocab = (await model_config(session, url)).get("vocab_size")
     return int(vocab) if vocab else None
+
+
+async def flush_all(session: aiohttp.ClientSession, urls: list[str],
+                    admin_key: str | None = None) -> str:
+    """:func:`flush_cache` on every server; ``ok`` only when every one flushed, else the
+    first other answer (``refused`` or ``unsupported``)."""
+    answers = [await flush_cache(session, u, admin_key) for u in urls]
+    return next((a for a in answers if a != "ok"), "ok")
 
 
 #: seconds a flush is retried while the server answers without flushing
@@ -279,13 +292,14 @@ async def run(cfg: RunConfig, argv: list[str] | None = None) -> Path:
     or FileExistsError (``cfg.out`` already holds a run)."""
     if (cfg.out / JSONL).exists():
         raise FileExistsError(f"{cfg.out / JSONL} exists: pick a new --out")
-    api = client.GenerateApi() if cfg.api == "generate" else client.OpenAIApi(cfg.model)
+    api = client.make_api(cfg.api, cfg.model)
     async with client.make_session(max(cfg.concurrency + [cfg.warmup]), cfg.api_key) as session:
         answered = await probe(session, cfg.url, cfg.wait)
         await check_auth(session, cfg.url)
         cfg.out.mkdir(parents=True, exist_ok=True)
-        server_info = await get_json(session, cfg.url, "/server_info")
-        model_info = await get_json(session, cfg.url, "/model_info")
+        info_url = cfg.backends[0] if cfg.backends else cfg.url  # a router has no /server_info
+        server_info = await get_json(session, info_url, "/server_info")
+        model_info = await get_json(session, info_url, "/model_info")
         for name, obj in (("server_info", server_info), ("model_info", model_info)):
             if obj is not None:
                 (cfg.out / f"{name}.json").write_text(
@@ -316,7 +330,12 @@ async def run(cfg: RunConfig, argv: list[str] | None = None) -> Path:
                 **sysinfo.collect(redact_argv(sys.argv if argv is None else argv))}
         t0 = time.perf_counter()  # the run's clock: level windows and timeline samples
         timeline = sampler.Sampler(cfg.url, cfg.out / sampler.TIMELINE, cfg.metrics_interval, t0)
-        note = await timeline.start() if cfg.metrics else "no server timeline (--no-metrics)"
+        if not cfg.metrics:
+            note = "no server timeline (--no-metrics)"
+        elif cfg.backends:  # the servers' gauges are per server; a router has none
+            note = "no server timeline: measured through a router (--backend)"
+        else:
+            note = await timeline.start()
         meta["timeline"] = {"file": sampler.TIMELINE if note is None else None,
                             "interval_s": cfg.metrics_interval, "note": note}
         if note:
@@ -331,8 +350,8 @@ async def run(cfg: RunConfig, argv: list[str] | None = None) -> Path:
                 for level in cfg.concurrency:
                     if cfg.flush and "flush_note" not in meta:
                         key = str(level) if cfg.repeats == 1 else f"{level}/{rep}"
-                        meta["flush"][key] = await flush_cache(session, cfg.url,
-                                                               cfg.admin_api_key)
+                        meta["flush"][key] = await flush_all(session, cfg.backends or [cfg.url],
+                                                             cfg.admin_api_key)
                         if meta["flush"][key] == "refused":
                             meta["flush_note"] = FLUSH_REFUSED
                             tqdm.write(f"[{cfg.label}] {FLUSH_REFUSED}")

@@ -96,6 +96,15 @@ def _prompt(seed: int, stream: int, index: int, input_len: int, ids: IdRange) ->
     return rng.integers(ids.lo, ids.hi, size=input_len).tolist()
 
 
+def parse_shared_prefix(text: str) -> tuple[int, int]:
+    """``GROUPS:TOKENS`` -> ``(groups, tokens)``; ValueError when it is not that."""
+    try:
+        groups, tokens = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise ValueError(f"{text!r}: write GROUPS:TOKENS, e.g. 4:256") from None
+    return groups, tokens
+
+
 def make_requests(num_prompts: int, input_len: int, output_len: int, seed: int,
                   ids: IdRange, warmup: bool = False,
                   shared_prefix: tuple[int, int] | None = None) -> list[Request]:

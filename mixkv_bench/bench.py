@@ -1,20 +1,24 @@
 """``make bench`` / ``make capacity``: every variant served, measured, compared.
 
-For each plan: start our server (own process group, log in the variant's folder), wait
-until healthy, save ``/server_info``, then either run the harness sweep
-(``python -m harness run``) or probe how many long requests it holds at once
-(:mod:`mixkv_bench.probe`), and stop the server. The run folder keeps each variant's
-results as soon as they exist, so a stopped bench leaves the finished variants usable;
-the report is rebuilt from whatever is there (``--report-only RUN``).
+For each plan: start our server (own process group, log in the variant's folder; with
+``--dp N``, N servers behind SGLang's router), wait until healthy, save ``/server_info``,
+then either run the harness sweep (``python -m harness run``) or probe how many long
+requests it holds at once (:mod:`mixkv_bench.probe`), and stop the server. With
+``--repeats K`` > 1 the sweep runs in K rounds: each round starts every variant afresh
+and sweeps it once, variants in turn, so a slow drift of a shared machine reaches every
+variant instead of one. The run folder keeps each variant's results as soon as they
+exist, so a stopped bench leaves the finished variants usable; the report is rebuilt
+from whatever is there (``--report-only RUN``).
 
     results/<run>/
       meta.json            command, commit, versions, hardware, settings
       roofline.json        the roofline's hardware (measured or data sheet) and predicted duration
-      <plan>/server.log, server_info.json, harness/ (requests.jsonl, summary...), probe.json
+      <plan>/server*.log, server_info.json, probe.json,
+             harness/ (requests.jsonl, ...) or harness/round-K/ (one per round)
       report.md            throughput / latency per variant and level (median of the runs, spread),
-                           speed-up and its significance, roofline bound and measured fraction,
-                           what bounded each level (server timeline), capacity
-      summary.csv capacity.csv throughput.png latency.png timeline.png capacity.png
+                           speed-up with its bootstrap interval, roofline bound and measured
+                           fraction, what bounded each level (server timeline), capacity
+      summary.csv runs.csv capacity.csv throughput.png latency.png timeline.png capacity.png
 
 Modules: :mod:`.settings` (what a run is), :mod:`.servers` (one server per variant),
 :mod:`.bench_roofline` (the bound beside each level), :mod:`.bench_report` (the report).
@@ -36,9 +40,9 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from mixkv_bench import REPO, variants
-from mixkv_bench.bench_report import write_report
+from mixkv_bench.bench_report import harness_dir, write_report
 from mixkv_bench.bench_roofline import write_roofline
-from mixkv_bench.servers import save_server_info, served
+from mixkv_bench.servers import deployed, save_server_info, served
 from mixkv_bench.settings import Settings, bench_size, defaults
 from sglang_mixkv import device
 from sglang_mixkv import kv_math as cap
@@ -46,18 +50,36 @@ from sglang_mixkv import plan as plans
 from sglang_mixkv.defaults import (ADMIN_API_KEY_ENV, API_KEY_ENV, POOL_REQUESTS_ENV, parse_bytes,
                                    redact_argv)
 
-def run_sweep(plan: str, st: Settings, vdir: Path) -> None:
-    with served(plan, st, vdir / "server.log") as url:
-        save_server_info(url, vdir / "server_info.json")
-        cmd = [sys.executable, "-m", "harness", "run", "--url", url, "--label", plan,
-               "--out", str(vdir / "harness"), "--num-prompts", str(st.num_prompts),
+def run_sweep(plan: str, st: Settings, vdir: Path, round_no: int | None = None) -> None:
+    """One harness sweep of ``plan`` on freshly started servers: every level once
+    (``round_no`` of ``st.repeats``, into ``harness/round-K/``), or, with one repeat, into
+    ``harness/``. With ``st.dp`` > 1 the harness goes through the router and flushes
+    each server directly."""
+    tag = "" if round_no is None else f"-round-{round_no + 1}"
+    out = harness_dir(vdir, round_no)
+    with deployed(plan, st, vdir, tag) as dep:
+        if not (vdir / "server_info.json").exists():
+            save_server_info(dep.servers[0], vdir / "server_info.json")
+        cmd = [sys.executable, "-m", "harness", "run", "--url", dep.url, "--label", plan,
+               "--out", str(out), "--num-prompts", str(st.num_prompts),
                "--input-len", str(st.input_len), "--output-len", str(st.output_len),
                "--concurrency", ",".join(map(str, st.concurrency)), "--warmup", str(st.warmup),
-               "--timeout", str(st.timeout), "--no-progress", "--repeats", str(st.repeats)]
+               "--timeout", str(st.timeout), "--no-progress", "--repeats", "1"]
+        if st.dp > 1:
+            cmd += [x for u in dep.servers for x in ("--backend", u)]
         if st.slo:
             cmd += ["--slo", st.slo]
+        if st.shared_prefix:
+            cmd += ["--shared-prefix", st.shared_prefix]
         print("  " + shlex.join(cmd), flush=True)
         subprocess.run(cmd, cwd=REPO, check=True)
+
+
+def round_order(plans_: list[str], round_no: int) -> list[str]:
+    """Round ``k`` starts at the ``k``-th variant (a rotation), so no variant always runs
+    first on a fresh machine or last on a tired one."""
+    k = round_no % len(plans_)
+    return plans_[k:] + plans_[:k]
 
 def run_probe(plan: str, st: Settings, vdir: Path) -> None:
     """Measure how many requests of T = input_len + output_len tokens the server holds at
@@ -129,6 +151,12 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
                     "results file")
     ap.add_argument("--slo", default=d.slo, help="latency objectives for goodput: any subset of "
                     "ttft_ms=...,tpot_ms=...,e2e_ms=... (harness/slo.py)")
+    ap.add_argument("--dp", type=int, default=d.dp,
+                    help="servers per variant behind SGLang's router (sglang-router; default 1: "
+                    "one server, no router)")
+    ap.add_argument("--shared-prefix", default=d.shared_prefix, metavar="GROUPS:TOKENS",
+                    help="prompts in GROUPS groups, each sharing its first TOKENS tokens "
+                    "(harness --shared-prefix)")
     ap.add_argument("--slo-target", type=float, default=d.slo_target,
                     help="attainment a level must reach to meet the SLO (default 0.9)")
     ap.add_argument("--config", type=Path, help="JSON file of the settings above (flags win)")
@@ -148,7 +176,17 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
         kv_budget=a.kv_budget or None, mem_fraction=a.mem_fraction, max_running=a.max_running,
         server_args=shlex.split(a.server_args), port=a.port, timeout=d.timeout,
         repeats=a.repeats, kv_heads=a.kv_heads, slo=a.slo, slo_target=a.slo_target,
+        dp=a.dp, shared_prefix=a.shared_prefix,
     )
+    if st.dp < 1:
+        raise ValueError(f"--dp {st.dp}: at least one server per variant")
+    if st.shared_prefix:
+        from harness.workload import parse_shared_prefix
+
+        groups, tokens = parse_shared_prefix(st.shared_prefix)  # before any server starts
+        if groups < 1 or not 0 < tokens < st.input_len:
+            raise ValueError(f"--shared-prefix {st.shared_prefix}: need at least one group and "
+                             f"a prefix shorter than the prompt ({st.input_len} tokens)")
     if st.slo:
         from harness.slo import parse as parse_slo
 
@@ -186,22 +224,32 @@ def main(argv: list[str] | None = None) -> int:
     meta["command"] = shlex.join(["python", "-m", "sglang_mixkv.bench", *args])
     meta["settings"] = asdict(st)
     (run / "meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    if not a.capacity_only:
+    if not a.capacity_only and st.dp == 1:
         write_roofline(run, st, a.gpu)
+    elif st.dp > 1:
+        print(f"[{kind}] --dp {st.dp}: no roofline bound (the roofline models one server)",
+              flush=True)
 
     def stop(signum, _frame):  # SIGTERM -> KeyboardInterrupt: finally-blocks stop servers
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
     code = 0
+    if a.capacity_only:
+        steps = [(plan, lambda plan=plan: run_probe(plan, st, run / plan)) for plan in st.plans]
+    elif st.repeats == 1:
+        steps = [(plan, lambda plan=plan: run_sweep(plan, st, run / plan)) for plan in st.plans]
+    else:  # rounds: every variant once per round, so a drift of the machine hits them all
+        steps = [(f"{plan} (round {r + 1}/{st.repeats})",
+                  lambda plan=plan, r=r: run_sweep(plan, st, run / plan, r))
+                 for r in range(st.repeats) for plan in round_order(st.plans, r)]
     try:
-        for plan in st.plans:
-            print(f"[{kind}] {plan}", flush=True)
-            vdir = run / plan
+        for name, step in steps:
+            print(f"[{kind}] {name}", flush=True)
             try:
-                (run_probe if a.capacity_only else run_sweep)(plan, st, vdir)
+                step()
             except Exception as e:  # noqa: BLE001 - any failure: keep the other variants
-                print(f"[{kind}] {plan} failed: {type(e).__name__}: {e}", file=sys.stderr,
+                print(f"[{kind}] {name} failed: {type(e).__name__}: {e}", file=sys.stderr,
                       flush=True)
                 code = 1
     except KeyboardInterrupt:

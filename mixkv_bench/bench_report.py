@@ -15,13 +15,45 @@ from mixkv_bench.settings import DECODE_LOG_INTERVAL, Settings, bench_size
 from sglang_mixkv import kv_math as cap
 from sglang_mixkv.defaults import eviction_interval, parse_bytes
 
+def harness_dir(vdir: Path, round_no: int | None = None) -> Path:
+    """Where a variant's harness run goes: ``harness/``, or ``harness/round-K/`` (K from 1)
+    when the bench runs in rounds."""
+    return vdir / "harness" if round_no is None else vdir / "harness" / f"round-{round_no + 1}"
+
+
+def harness_dirs(vdir: Path) -> list[Path]:
+    """A variant's harness runs that hold records, in round order."""
+    one = harness_dir(vdir)
+    if (one / "requests.jsonl").exists():
+        return [one]
+    rounds = [d for d in one.glob("round-*") if (d / "requests.jsonl").exists()]
+    return sorted(rounds, key=lambda d: int(d.name.split("-")[1]))
+
+
+def load_variant(dirs: list[Path]):
+    """Every record of a variant's runs; with rounds, ``repeat`` is the round (0-based)."""
+    import pandas as pd
+
+    from harness import metrics
+
+    frames = []
+    for k, d in enumerate(dirs):
+        df = metrics.load_run(d)
+        if len(dirs) > 1 and len(df):
+            df["repeat"] = k
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
 def write_report(run: Path, st: Settings) -> Path:
     import pandas as pd
 
     from harness import metrics
     from harness import report as hreport
 
-    done = [run / p / "harness" for p in st.plans if (run / p / "harness" / "requests.jsonl").exists()]
+    runs_of = {p: harness_dirs(run / p) for p in st.plans}
+    runs_of = {p: d for p, d in runs_of.items() if d}
+    done = [d for dirs in runs_of.values() for d in dirs]
     parts = [f"# sglang-mixkv bench: {run.name}", ""]
     meta = json.loads((run / "meta.json").read_text()) if (run / "meta.json").exists() else {}
     if meta:
@@ -35,16 +67,18 @@ def write_report(run: Path, st: Settings) -> Path:
                   workload_line(run, st), ""]
     if done:
         slo = parse_slo(st.slo) if st.slo else None
-        summary = pd.concat([metrics.summarize(metrics.load_run(d), slo) for d in done],
+        per_run = pd.concat([metrics.per_run(load_variant(d), slo) for d in runs_of.values()],
                             ignore_index=True)
+        summary = metrics.aggregate(per_run)
         hreport.plot(summary, run)  # throughput.png, latency.png
-        summary = metrics.speedup(summary, "standard")
+        summary = metrics.speedup(summary, "standard", runs=per_run)
         summary, hw = roofline_columns(summary, run, st)
         summary.to_csv(run / "summary.csv", index=False)
-        parts += throughput_section(summary, hw, st)
-        parts += bounds_section(summary, done, run, hw)
-    missing = [p for p in st.plans if not (run / p / "harness" / "requests.jsonl").exists()
-               and not (run / p / "probe.json").exists()]
+        per_run.to_csv(run / "runs.csv", index=False)
+        rounds = any(len(d) > 1 for d in runs_of.values())
+        parts += throughput_section(summary, hw, st, rounds)
+        parts += bounds_section(summary, done, [d[0] for d in runs_of.values()], run, hw)
+    missing = [p for p in st.plans if p not in runs_of and not (run / p / "probe.json").exists()]
     if missing:
         parts += [f"Not measured (bench stopped or failed): {', '.join(missing)}", ""]
     captab = capacity_table(run, st)
@@ -57,7 +91,7 @@ def write_report(run: Path, st: Settings) -> Path:
     (run / "report.md").write_text("\n".join(parts))
     return run / "report.md"
 
-def throughput_section(summary, hw, st: Settings) -> list[str]:
+def throughput_section(summary, hw, st: Settings, rounds: bool = True) -> list[str]:
     """The throughput and latency table: medians of the runs, the output tok/s range and
     spread, the speed-up over standard with its range and significance, and the roofline
     bound with the measured fraction of it."""
@@ -68,21 +102,35 @@ def throughput_section(summary, hw, st: Settings) -> list[str]:
                                                                    t["output_tok_per_s_max"])]
     t["speedup_range"] = [f"{a:.2f}-{b:.2f}" if pd.notna(a) and label != "standard" else "-"
                           for a, b, label in zip(t["speedup_low"], t["speedup_high"], t["label"])]
+    t["speedup_95ci"] = [f"{a:.2f}-{b:.2f}" if pd.notna(a) else "-"
+                         for a, b in zip(t["speedup_ci_low"], t["speedup_ci_high"])]
     cols = ["label", "level", "runs", "ok", "failed", "output_tok_per_s", "out_tok_per_s_range",
-            "output_tok_per_s_spread", "speedup_vs_standard", "speedup_range", "significant",
-            "roofline_out_tok_per_s", "roofline_fraction", "ttft_p50_ms", "tpot_p50_ms",
-            "itl_p99_ms", "e2e_p50_ms", "slo_attainment", "goodput_req_per_s", "goodput_tok_per_s"]
+            "output_tok_per_s_spread", "speedup_vs_standard", "speedup_range", "speedup_95ci",
+            "significant", "roofline_out_tok_per_s", "roofline_fraction", "ttft_p50_ms",
+            "tpot_p50_ms", "itl_p99_ms", "e2e_p50_ms", "prefix_hit_rate", "slo_attainment",
+            "goodput_req_per_s", "goodput_tok_per_s"]
+    if not st.shared_prefix:
+        cols.remove("prefix_hit_rate")
     bound = ("" if hw is None else
              f" `roofline_*`: the lower bound of `mixkv_bench.roofline` for the same plan, "
              f"workload, level and pools on {hw.describe()}; `roofline_fraction` = measured / "
              "bound output tok/s.")
+    runs = int(t["runs"].max())
+    how = (f"in {runs} rounds: each round started every variant's server afresh and ran its "
+           "sweep once, variants in turn (round k starting at the k-th variant), so a drift "
+           "of the machine's speed reaches every variant" if runs > 1 and rounds else
+           f"{runs} times, one variant's runs back to back" if runs > 1 else "once")
     return ["## Throughput and latency", "",
-            f"Each level ran {int(t['runs'].max())} time(s); counts are summed over the runs, every "
+            f"Each level ran {how}. Counts are summed over the runs, every "
             "other number is the median of the runs; `out_tok_per_s_range` and "
             "`output_tok_per_s_spread` ((max - min) / median) show the run-to-run spread. "
-            "`speedup_range`: worst run over standard's best to best over its worst; "
-            "`significant`: `yes` only when every run of the variant beats (or loses to) every "
-            "run of standard, `no` when the ranges overlap (inside the run-to-run spread)." + bound,
+            "`speedup_range`: worst run over standard's best to best over its worst. "
+            "`speedup_95ci` and `significant`: a 95% Student's t interval (scipy.stats) of the "
+            "geometric-mean ratio of the variant's output tok/s to standard's, paired by run "
+            "(each round's ratio is one sample, so a slow round that slows both cancels); `yes` "
+            "when the interval excludes 1, `no` when it holds 1 (inside the run-to-run noise). "
+            "Not a bootstrap: over 3 runs a percentile bootstrap interval is the runs' "
+            "[min, max] and covers far less than 95%." + bound,
             "", t[[c for c in cols if c in t]].to_markdown(index=False, floatfmt=".3g"), "",
             *slo_section(t, st),
             "![throughput](throughput.png)", "", "![latency](latency.png)", ""]
@@ -112,13 +160,14 @@ def slo_section(summary, st: Settings) -> list[str]:
             pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3g"), "",
             "![goodput](goodput.png)", ""]
 
-def bounds_section(summary, done: list[Path], run: Path, hw) -> list[str]:
+def bounds_section(summary, done: list[Path], first: list[Path], run: Path, hw) -> list[str]:
     """What bounded each level: the roofline's batch limit and bounding resources beside
-    the server's timeline (peak running and queued requests, pool usage, retractions)."""
+    the server's timeline (peak running and queued requests, pool usage, retractions) over
+    every run in ``done``; the timeline plot shows each variant's ``first`` run."""
     from harness import report as hreport
 
     bounds, notes = hreport.timeline_bounds(done)
-    tl_png = hreport.plot_timeline(done, run / "timeline.png")
+    tl_png = hreport.plot_timeline(first, run / "timeline.png")
     t = summary[["label", "level"]].copy()
     if "roofline_running" in summary:
         t["roofline_batch"] = [f"{int(n)} ({lim})" for n, lim in zip(summary["roofline_running"],
@@ -159,8 +208,14 @@ def workload_line(run: Path, st: Settings) -> str:
                 "retraction, or a request not held at the same time as all others), then "
                 f"bisected; {size}; KV budget {st.kv_budget}; server flags "
                 f"`{shlex.join(st.server_args) or '(serve defaults)'}`")
+    shared = ""
+    if st.shared_prefix:
+        groups, tokens = st.shared_prefix.split(":")
+        shared = (f", prompts in {groups} groups sharing their first {tokens} tokens "
+                  "(`prefix_hit_rate`: cached / prompt tokens)")
+    dp = f", {st.dp} servers per variant behind sglang-router" if st.dp > 1 else ""
     return (f"- workload: {st.num_prompts} prompts x {st.input_len} in / {st.output_len} out, "
-            f"concurrency {st.concurrency}, {size}")
+            f"concurrency {st.concurrency}, {size}{shared}{dp}")
 
 def capacity_text(st: Settings) -> str:
     """What the capacity table's columns mean and where formula and pools differ."""

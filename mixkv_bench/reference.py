@@ -66,7 +66,7 @@ class Reference:
     def __init__(self, model_dir: str | Path, dtype: torch.dtype = torch.float32):
         from safetensors.torch import load_file
 
-        model_dir = Path(model_dir)
+        self.model_dir = model_dir = Path(model_dir)
         self.cfg = json.loads((model_dir / "config.json").read_text())
         self.plan = plans.from_config(self.cfg)
         self.w = {k: v.to(dtype) for k, v in load_file(str(model_dir / "model.safetensors")).items()}

@@ -1,6 +1,7 @@
-"""One of our servers per variant: its command, its lifetime, its ``/server_info``.
+"""Our servers for a variant: their command, their lifetime, their ``/server_info``;
+one server, or several behind SGLang's router (:func:`served_dp`).
 
-The server runs in its own process group (:mod:`harness.server`); its log stays in the
+Each server runs in its own process group (:mod:`harness.server`); its log stays in the
 variant's folder with every key redacted once the server has stopped.
 """
 
@@ -12,7 +13,7 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import requests
 
@@ -67,6 +68,39 @@ def served(plan: str, st: Settings, log: Path, env: dict[str, str] | None = None
                                    log, timeout=SERVER_START_S, env=env) as url:
             yield url
     finally:  # belt and braces: our plugin keeps keys out of SGLang's log already
-        keys = [os.environ.get(API_KEY_ENV), os.environ.get(ADMIN_API_KEY_ENV)]
-        if any(keys) and log.exists():
-            log.write_text(redact_text(log.read_text(errors="replace"), *keys))
+        _redact_log(log)
+
+
+def _redact_log(log: Path) -> None:
+    keys = [os.environ.get(API_KEY_ENV), os.environ.get(ADMIN_API_KEY_ENV)]
+    if any(keys) and log.exists():
+        log.write_text(redact_text(log.read_text(errors="replace"), *keys))
+
+
+class Deployment(NamedTuple):
+    url: str  # where clients go: the server, or the router in front of the servers
+    servers: list[str]  # the servers themselves (flushes, /server_info)
+
+
+def router_command(port: int, servers: list[str]) -> list[str]:
+    return [sys.executable, "-m", "sglang_mixkv.router", "--port", str(port),
+            "--workers", *servers]
+
+
+@contextlib.contextmanager
+def deployed(plan: str, st: Settings, vdir: Path, tag: str = "") -> Iterator[Deployment]:
+    """``st.dp`` servers of ``plan`` (logs ``server{tag}.log``, or ``server{i}{tag}.log``
+    with more than one), and with more than one, SGLang's router in front of them
+    (``router{tag}.log``), on free ports; the keys reach them through the environment."""
+    if st.dp == 1:
+        with served(plan, st, vdir / f"server{tag}.log") as url:
+            yield Deployment(url, [url])
+        return
+    with contextlib.ExitStack() as stack:
+        urls = [stack.enter_context(served(plan, replace(st, port=0), vdir / f"server{i}{tag}.log"))
+                for i in range(st.dp)]
+        log = vdir / f"router{tag}.log"
+        stack.callback(_redact_log, log)
+        url = stack.enter_context(launched_on_free_port(
+            lambda port: router_command(port, urls), log, timeout=SERVER_START_S))
+        yield Deployment(url, urls)

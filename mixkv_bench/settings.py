@@ -32,6 +32,8 @@ class Settings:
     kv_heads: int | None = None  # --kv-heads of every server (None: the size's)
     slo: str | None = None  # latency objectives for goodput (harness.slo), e.g. "ttft_ms=500"
     slo_target: float = 0.9  # attainment a level must reach to count as meeting the SLO
+    dp: int = 1  # servers per variant; more than one: behind sglang-router (sglang_mixkv.router)
+    shared_prefix: str | None = None  # "GROUPS:TOKENS": prompts share a prefix per group
 
 
 def defaults(gpu: bool, capacity_only: bool = False) -> Settings:

@@ -23,6 +23,19 @@ from sglang_mixkv import plan as plans
 
 ARCHITECTURE = "MixAttentionForCausalLM"
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2
+# Chat roles are ordinary words of the vocabulary (the tokenizer has no other words).
+CHAT_ROLES = {"system": "t3", "user": "t4", "assistant": "t5"}
+# A conversation is ``<s>``, then per message its role word and its content, then the
+# assistant's role word when a reply is wanted. Unknown roles are an error.
+CHAT_TEMPLATE = (
+    "{% set roles = " + json.dumps(CHAT_ROLES) + " %}{{ bos_token }}"
+    "{% for m in messages %}{% if m['role'] not in roles %}"
+    "{{ raise_exception('unknown chat role: ' + m['role']) }}{% endif %}"
+    "{{ ' ' + roles[m['role']] + ' ' + m['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ ' ' + roles['assistant'] }}{% endif %}"
+)
+# Bumped when what write_model_folder writes changes, so existing folders are rewritten.
+FOLDER_FORMAT = 2  # 2: chat template
 
 
 @dataclass(frozen=True)
@@ -144,7 +157,8 @@ def hf_config(size: ModelSize, plan: plans.Plan, *, window: int | None = None,
 def write_tokenizer(out: Path, vocab: int) -> None:
     """A word-level tokenizer: ``<unk> <s> </s>`` then ``t3 ... t{vocab-1}``.
 
-    Token id i <-> the word ``t{i}``, so ids round-trip through text exactly."""
+    Token id i <-> the word ``t{i}``, so ids round-trip through text exactly. The chat
+    template (``CHAT_TEMPLATE``) makes ``/v1/chat/completions`` work on every plan."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -157,6 +171,7 @@ def write_tokenizer(out: Path, vocab: int) -> None:
         tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
         pad_token="<unk>", model_max_length=1 << 30,
     )
+    fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(str(out))
 
 
@@ -206,6 +221,7 @@ def write_model_folder(out: str | Path, size: ModelSize | str, plan: plans.Plan 
     out = Path(out)
     cfg = hf_config(size, plan, window=window, architecture=architecture)
     cfg["mixkv_weights"] = {"seed": seed} if weights else None
+    cfg["mixkv_folder_format"] = FOLDER_FORMAT
     cfg_path = out / "config.json"
     st = out / "model.safetensors"
     if cfg_path.exists() and json.loads(cfg_path.read_text()) == cfg and (st.exists() or not weights):

@@ -1,7 +1,8 @@
 """A small fake LLM server (aiohttp) for the harness's fault tests.
 
 Speaks enough of SGLang (``/generate`` streaming, ``/flush_cache``, ``/server_info``,
-``/model_info``, ``/health``) and of the OpenAI API (``/v1/completions`` streaming,
+``/model_info``, ``/health``) and of the OpenAI API (``/v1/completions`` and
+``/v1/chat/completions`` streaming, the chat template being three tokens around the words,
 ``/v1/models``) to be measured, and can misbehave on demand:
 
     --fault http500|drop|stall|error   applied to every K-th request (--fault-every K),
@@ -104,7 +105,7 @@ class Stub:
                 self.generated.inc(n - prev)
             ev = fmt(prev, n, len(ids), cached, n == max_new)
             await resp.write(b"data: " + json.dumps(ev).encode() + b"\n\n")
-        if fmt == self.openai_chunk and fault != "error":
+        if fmt in (self.openai_chunk, self.chat_chunk) and fault != "error":
             usage = {"prompt_tokens": len(ids), "completion_tokens": n, "total_tokens": len(ids) + n,
                      "prompt_tokens_details": {"cached_tokens": cached}}
             await resp.write(b"data: " + json.dumps({"choices": [], "usage": usage}).encode() + b"\n\n")
@@ -127,6 +128,14 @@ class Stub:
                 "choices": [{"index": 0, "text": "".join(f"t{i} " for i in ids), "token_ids": ids,
                              "finish_reason": "length" if last else None}]}
 
+    def chat_chunk(self, prev: int, n: int, plen: int, cached: int, last: bool) -> dict:
+        ids = [3 + i % (self.a.vocab - 3) for i in range(prev, n)]
+        return {"id": "stub", "object": "chat.completion.chunk", "model": "stub",
+                "choices": [{"index": 0, "delta": {"content": "".join(f" t{i}" for i in ids)},
+                             "finish_reason": "length" if last else None}],
+                "usage": {"prompt_tokens": plen, "completion_tokens": n,
+                          "total_tokens": plen + n}}
+
     # ---- routes --------------------------------------------------------------------
     async def generate(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -138,6 +147,13 @@ class Stub:
         body = await request.json()
         assert body.get("stream") and body.get("ignore_eos"), body
         return await self.stream(request, body["prompt"], body["max_tokens"], self.openai_chunk)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        assert body.get("stream") and body.get("ignore_eos"), body
+        (msg,) = body["messages"]  # one user message of words t{id}, as the harness sends
+        ids = [1, 4] + [int(w[1:]) for w in msg["content"].split()] + [5]  # a 3-token template
+        return await self.stream(request, ids, body["max_tokens"], self.chat_chunk)
 
     async def flush(self, request: web.Request) -> web.Response:
         if self.a.no_flush:
@@ -173,6 +189,7 @@ class Stub:
         app = web.Application()
         app.router.add_post("/generate", self.generate)
         app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/flush_cache", self.flush)
         app.router.add_get("/health", self.health)
         app.router.add_get("/server_info", self.server_info)

@@ -38,13 +38,14 @@ def run(url, out, *args):
     return [r for r in records(out) if not r["warmup"]]
 
 
-@pytest.mark.parametrize("api", ["generate", "openai"])
+@pytest.mark.parametrize("api", ["generate", "openai", "chat"])
 def test_sweep_exact_lengths_no_failures(sglang, tmp_path, api):
     recs = run(sglang, tmp_path / "r", "--api", api, "--concurrency", "1,4")
     assert len(recs) == 8
     for r in recs:
         assert r["ok"] and r["error"] is None and r["mismatch"] is None, r
-        assert (r["prompt_tokens"], r["completion_tokens"], r["stream_tokens"]) == (64, 4, 4)
+        template = 3 if api == "chat" else 0  # <s>, the user's and the assistant's role words
+        assert (r["prompt_tokens"], r["completion_tokens"], r["stream_tokens"]) == (64 + template, 4, 4)
         assert len(r["itl"]) == 4 - 1 and r["ttft"] > 0
     meta = json.loads((tmp_path / "r" / "meta.json").read_text())
     assert meta["status"] == "complete" and set(meta["flush"].values()) == {"ok"}

@@ -5,9 +5,10 @@ How a block runs (the rules, in the order they apply):
 
 - ``export`` lines set the environment of the block's later commands;
 - a command matching a :data:`SKIP` rule is skipped with that rule's reason;
-- ``[--flag ...]`` groups are the README's notation for optional arguments: dropped;
+- ``[--flag ...]`` groups are the README's notation for optional arguments: dropped; so is
+  a trailing ``&`` (a command meant for the background);
 - the block's server is its last server command (``sglang_mixkv.serve``,
-  ``scripts/serve.sh``) that client commands (``curl``, ``harness``) follow; it starts in
+  ``scripts/serve.sh``, ``sglang_mixkv.router``) that client commands (``curl``, ``harness``) follow; it starts in
   the background on a free port instead of 30000, the clients talk to that port, and it
   stops after the block. Any other server command runs with ``--dry-run`` (it must build
   its SGLang command line and exit 0);
@@ -47,9 +48,9 @@ SKIP = [
      "the paper size (2B parameters) is served on a GPU only"),
     (r"\bnvidia-smi\b|--gpus\b", "needs a GPU"),
 ]
-SERVER = re.compile(r"sglang_mixkv\.serve\b|scripts/serve\.sh\b")
+SERVER = re.compile(r"sglang_mixkv\.(serve|router)\b|scripts/serve\.sh\b")
 CLIENT = re.compile(r"^(curl|\S*python\S* -m harness)\b")
-OPTIONAL = re.compile(r"\s\[--[^\]]*\]")
+OPTIONAL = re.compile(r"\s\[--[^\]]*\]|\s+&\s*(?=#|$)")
 
 
 @dataclass

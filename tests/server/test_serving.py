@@ -8,6 +8,7 @@ been evicted from the windowed pool)."""
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -110,6 +111,34 @@ def test_concurrent_requests_of_different_lengths(served):
         outs = list(pool.map(lambda c: server.generate(*c), cases))
     for (ids, m), out in zip(cases, outs):
         check(out, ref, ids, m)
+
+
+def test_chat_completion_is_the_template_then_the_reference(served):
+    """/v1/chat/completions on every plan: the ids the server ran are the tokenizer's
+    ``apply_chat_template`` of the messages, and the streamed reply is the reference's
+    greedy continuation of those ids (the words t{id} of the tokens, as decoded)."""
+    from transformers import AutoTokenizer
+
+    spec, server, ref = served
+    messages = [{"role": "system", "content": " ".join(f"t{i}" for i in prompt(20, 9))},
+                {"role": "user", "content": " ".join(f"t{i}" for i in prompt(21, 50))}]
+    want = list(AutoTokenizer.from_pretrained(ref.model_dir).apply_chat_template(
+        messages, tokenize=True, add_generation_prompt=True, return_dict=False))
+    assert want[:2] == [1, 3] and want[-1] == 5 and len(want) == 9 + 50 + 4
+    body = {"model": "default", "messages": messages, "max_tokens": 10, "temperature": 0,
+            "ignore_eos": True}
+    plain = server.post("/v1/chat/completions", {**body, "return_prompt_token_ids": True,
+                                                  "return_token_ids": True}).json()
+    choice = plain["choices"][0]
+    assert choice["prompt_token_ids"] == want
+    assert choice["token_ids"] == ref.generate(want, 10).tokens
+    streamed = server.post("/v1/chat/completions", {**body, "stream": True}, stream=True)
+    deltas = [json.loads(line[5:]) for line in streamed.iter_lines()
+              if line.startswith(b"data:") and line != b"data: [DONE]"]
+    text = "".join(c["delta"].get("content") or "" for d in deltas for c in d["choices"])
+    assert text == choice["message"]["content"]
+    specials = set(range(3))  # not shown as text: compare the words against the ids
+    assert text.split() == [f"t{i}" for i in choice["token_ids"] if i not in specials]
 
 
 @pytest.mark.parametrize("served", ["standard"], indirect=True)

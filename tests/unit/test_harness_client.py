@@ -8,8 +8,8 @@ import pytest
 from tests.helpers.harness_fixtures import records, run_inproc, stub
 
 
-@pytest.mark.parametrize("api", ["generate", "openai"])
-def test_both_apis_exact_lengths(tmp_path, api):
+@pytest.mark.parametrize("api", ["generate", "openai", "chat"])
+def test_every_api_exact_lengths(tmp_path, api):
     with stub() as (url, _):
         d = run_inproc(url, tmp_path / "r", api=api, concurrency=[1, 3], warmup=2)
     recs = records(d)
@@ -17,7 +17,8 @@ def test_both_apis_exact_lengths(tmp_path, api):
     assert len(recs) == 2 + 2 * 6 and len(measured) == 12
     for r in measured:
         assert r["ok"] and r["error"] is None and r["mismatch"] is None
-        assert (r["prompt_tokens"], r["completion_tokens"], r["stream_tokens"]) == (32, 5, 5)
+        template = 3 if api == "chat" else 0  # the stub's chat template: 3 tokens
+        assert (r["prompt_tokens"], r["completion_tokens"], r["stream_tokens"]) == (32 + template, 5, 5)
         assert len(r["itl"]) == 4 and r["chunks"] == 5
         assert 0 <= r["due"] <= r["sent"] <= r["first"] <= r["done"]
         assert r["ttft_from_due"] >= r["ttft"] > 0
@@ -26,7 +27,7 @@ def test_both_apis_exact_lengths(tmp_path, api):
     assert meta["config"]["api"] == api and (d / "server_info.json").is_file()
 
 
-@pytest.mark.parametrize("api", ["generate", "openai"])
+@pytest.mark.parametrize("api", ["generate", "openai", "chat"])
 def test_multi_token_chunks(tmp_path, api):
     # 7 tokens in chunks of 3: [3, 3, 1]; the first chunk's extra 2 tokens get no ITL entry
     with stub("--tokens-per-chunk", "3", "--token-delay", "0.01") as (url, _):

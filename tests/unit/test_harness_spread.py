@@ -42,6 +42,38 @@ def test_speedup_inside_the_spread_is_not_significant():
     assert s.loc[("standard", 1), "significant"] == "-"
 
 
+def test_significance_is_a_paired_t_interval_over_the_rounds():
+    """Paired by round: a variant faster in every round by a steady factor is significant
+    even when a slow round drags both (its range overlaps standard's); one that loses a
+    round is not. The interval is Student's t on the log ratios, computed here by hand."""
+    import math
+
+    recs = (runs("standard", 1, [1.0, 2.0, 1.1]) + runs("fast", 1, [0.8, 1.7, 0.9])
+            + runs("mixed", 1, [0.8, 2.1, 0.9]))
+    per = metrics.per_run(frame_of(recs))
+    s = metrics.speedup(metrics.aggregate(per), "standard", runs=per).set_index("label")
+    assert s.loc["fast", "significant"] == "yes (paired)"
+    logs = [math.log(1.0 / 0.8), math.log(2.0 / 1.7), math.log(1.1 / 0.9)]
+    mean = sum(logs) / 3
+    sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / 2)
+    half = 4.302652729911275 * sd / math.sqrt(3)  # t(0.975, 2 degrees of freedom)
+    assert s.loc["fast", "speedup_ci_low"] == pytest.approx(math.exp(mean - half))
+    assert s.loc["fast", "speedup_ci_high"] == pytest.approx(math.exp(mean + half))
+    assert s.loc["mixed", "significant"].startswith("no (paired")
+    assert s.loc["mixed", "speedup_ci_low"] < 1 < s.loc["mixed", "speedup_ci_high"]
+    # the ranges-only rule calls "fast" inside the noise: the slow round overlaps
+    assert metrics.speedup(metrics.aggregate(per), "standard").set_index("label").loc[
+        "fast", "significant"].startswith("no")
+
+
+def test_significance_unpaired_when_the_runs_differ():
+    recs = runs("standard", 1, [1.0, 1.05, 1.1, 1.0]) + runs("fast", 1, [0.5, 0.52, 0.55])
+    per = metrics.per_run(frame_of(recs))
+    s = metrics.speedup(metrics.aggregate(per), "standard", runs=per).set_index("label")
+    assert s.loc["fast", "significant"] == "yes (unpaired)"
+    assert 1.7 < s.loc["fast", "speedup_ci_low"] < s.loc["fast", "speedup_ci_high"] < 2.3
+
+
 def _tool_runs(req_s, ttft):
     return [{"request_throughput": r, "input_throughput": 10 * r, "output_throughput": 3 * r,
              "total_throughput": 13 * r, "mean_ttft_ms": t, "median_ttft_ms": t, "mean_itl_ms": 5.0,
