@@ -16,7 +16,7 @@ from whatever is there (``--report-only RUN``).
       <plan>/server*.log, server_info.json, probe.json,
              harness/ (requests.jsonl, ...) or harness/round-K/ (one per round)
       report.md            throughput / latency per variant and level (median of the runs, spread),
-                           speed-up with its bootstrap interval, roofline bound and measured
+                           speed-up with its 95% t interval, roofline bound and measured
                            fraction, what bounded each level (server timeline), capacity
       summary.csv runs.csv capacity.csv throughput.png latency.png timeline.png capacity.png
 
