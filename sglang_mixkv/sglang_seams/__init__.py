@@ -65,6 +65,7 @@ def hooks(cuda: bool) -> list[Hook]:
         Hook(adakv.INIT_NEW, adakv.remember_batch, "AFTER"),
         Hook(adakv.MAX_PREFIX, adakv.max_prefix_len, "AROUND"),
         Hook(adakv.RESET_RETRACT, adakv.drop_on_retract, "AFTER"),
+        Hook(adakv.UNCACHED_SIZES, adakv.count_parked_prefills, "AROUND"),
         *(Hook(target, adakv.cache_unfinished, "AROUND") for target in adakv.CACHE_UNFINISHED),
         # patches/: every model
         Hook(auth.DECIDE, auth.admin_routes_need_the_admin_key, "AROUND"),

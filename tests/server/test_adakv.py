@@ -5,8 +5,8 @@ the server's kept sets injected into the reference (so near-ties cannot flip the
 Main server: tiny ``ma`` (window W = 32), budget B = 48 with a different observation
 window w = 8 (the two windows cannot be confused), 32-token chunks, the radix cache on,
 SGLang's strict per-step pool check. Others: ``cla2`` with alpha = 1 (SnapKV's uniform
-budget) and ``readers`` scoring; ``standard`` with one KV head (MQA) and a small pool
-that forces retractions.
+budget) and ``readers`` scoring; ``standard`` with one KV head (MQA) and ``ma`` with both
+pools small, each forcing retractions.
 """
 
 from __future__ import annotations
@@ -182,6 +182,21 @@ def test_prompt_slots_go_back_to_the_pool_during_decode(ma):
     assert min(seen[len(seen) // 2:]) <= B + 1 + 60 + 5, seen  # and after it was compressed
 
 
+def test_a_burst_of_compressing_prompts_is_not_retracted(ma):
+    """Eight 200-token prompts at once (the server's --max-running-requests): after
+    compression each request keeps local (SWA) KV for its last window only, as the local
+    pool, sized for one window per request, assumes; so none is retracted. (Before that
+    fix each held its B + 1 kept slots' local KV until its first decode eviction, and
+    this burst was retracted: 0 here, N before.)"""
+    server, _, _ = ma
+    before = metric(server, "sglang:num_retracted_requests_total")
+    cases = [(random_prompt(100 + i, 200, SIZE.vocab), 16, f"burst{i}") for i in range(8)]
+    with ThreadPoolExecutor(len(cases)) as pool:
+        outs = list(pool.map(lambda c: generate(server, *c), cases))
+    assert all(o["meta_info"]["completion_tokens"] == 16 for o in outs)
+    assert metric(server, "sglang:num_retracted_requests_total") - before == 0
+
+
 def test_shared_prefix_requests_are_each_compressed(ma):
     """Two prompts sharing 150 tokens, both compressed: no radix hit (compressing requests
     are private), each equal to the reference; shorter requests still hit the tree."""
@@ -263,17 +278,34 @@ def mqa(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def ma_tight(tmp_path_factory):
+    """``ma`` (local layers: a retraction also frees local KV) with the admission settings
+    of :func:`mqa`, a global pool of 400 tokens and a local pool sized for 2 of its 8
+    running requests (``MIXKV_POOL_MAX_RUNNING``), so both pools run out: requests are
+    retracted, and some wait between prompt chunks while others decode."""
+    server, ref, debug = serve(tmp_path_factory.mktemp("ma_tight"), "ma",
+                               ["--adakv-budget", "40", "--adakv-window", "8",
+                                "--max-total-tokens", "400"],
+                               env={**STRICT_MEM_CHECK, "SGLANG_INIT_NEW_TOKEN_RATIO": "0.01",
+                                    "SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION": "1",
+                                    "MIXKV_POOL_MAX_RUNNING": "2"})
+    yield server, ref, debug
+    server.stop()
+
+
 def test_mqa_matches_the_reference(mqa):
     server, ref, debug = mqa
     check(server, ref, debug, random_prompt(71, 120, SIZE.vocab), 12, "mqa",
           cfg=AdaBudget(budget=32, window=8))
 
 
-def test_retraction_recompresses_and_the_pool_ends_empty(mqa):
+@pytest.mark.parametrize("fixture", ["mqa", "ma_tight"])
+def test_retraction_recompresses_and_the_pool_ends_empty(fixture, request):
     """Defined behaviour: a retracted request is prefilled again (prompt + output so far)
     and compressed again at the end of that prefill; every request completes, and the
-    pools end empty under the strict check."""
-    server, _, debug = mqa
+    pools end empty under the strict check (with and without local layers)."""
+    server, _, debug = request.getfixturevalue(fixture)
     before = metric(server, "sglang:num_retracted_requests_total")
     cases = [(random_prompt(80 + i, 100, SIZE.vocab), 80, f"retract{i}") for i in range(8)]
     with ThreadPoolExecutor(len(cases)) as pool:

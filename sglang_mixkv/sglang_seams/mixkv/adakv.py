@@ -26,7 +26,8 @@ Life of a request whose prompt compresses (``P >= budget``); paths inside
    D]``). Local producers are untouched: ``cut <= P - W``, so their last window keeps its
    slots (and SWA mapping).
 4. **Free.** When the scheduler processes that batch (the same ``maybe_cache_unfinished_req``
-   hook), slots ``[0, cut)`` go back to the allocator (full slots and their SWA slots)
+   hook), slots ``[0, cut)`` go back to the allocator (full slots and their SWA slots),
+   the SWA slots of ``[cut, P - W)`` too (the local layers read the last window only),
    and ``req.cache_protected_len`` moves to ``cut``, which SGLang's leak check
    (``scheduler_components/invariant_checker.py:224-263``), its SWA eviction
    (``mem_cache/common.py:47-95``) and ``cache_finished_req`` (which frees ``[cpl, L)``)
@@ -55,6 +56,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -71,6 +73,8 @@ RESET_RETRACT = "sglang.srt.managers.schedule_batch.Req.reset_for_retract"
 CACHE_UNFINISHED = ("sglang.srt.managers.scheduler.maybe_cache_unfinished_req",
                     "sglang.srt.managers.scheduler_components.batch_result_processor."
                     "maybe_cache_unfinished_req")
+UNCACHED_SIZES = ("sglang.srt.managers.scheduler_components.invariant_checker."
+                  "SchedulerInvariantChecker._get_total_uncached_sizes")
 DEBUG_ENV = "MIXKV_ADAKV_DEBUG_JSONL"
 ASK_KEY = "adakv_kept"  # sampling_params.custom_params key that asks for meta_info["adakv"]
 
@@ -78,6 +82,8 @@ ASK_KEY = "adakv_kept"  # sampling_params.custom_params key that asks for meta_i
 #: builds its model before it admits a request). None: Ada-KV off.
 _config: Optional[ada.AdaKVConfig] = None
 _page = 1
+#: Private requests between prompt chunks (scheduler thread): their slots are in no tree.
+_prefilling: "weakref.WeakSet" = weakref.WeakSet()
 
 
 def configure(cfg: Optional[ada.AdaKVConfig], page_size: int = 1) -> None:
@@ -142,6 +148,7 @@ def max_prefix_len(original: Callable, req, input_len: int, *args, **kwargs) -> 
 
 def drop_on_retract(result, req, *args, **kwargs):
     """AFTER ``Req.reset_for_retract``: the re-prefill decides (and compresses) anew."""
+    _prefilling.discard(req)
     if state(req) is not None:
         req.mixkv_ada = None
     return result
@@ -155,8 +162,12 @@ def cache_unfinished(original: Callable, req, tree_cache, *args, **kwargs):
     if st is None:
         return original(req, tree_cache, *args, **kwargs)
     pool = tree_cache.req_to_token_pool
-    if kwargs.get("chunked", False) and tree_cache.supports_swa():
-        _free_swa_behind_the_chunk(req, tree_cache)
+    if kwargs.get("chunked", False):
+        _prefilling.add(req)
+        if tree_cache.supports_swa():
+            _free_swa_behind_the_chunk(req, tree_cache)
+    else:
+        _prefilling.discard(req)
     # int64, as chunk_cache.py:94 keeps it: the triton write kernel reads prefixes through
     # an int64 pointer (kernels/ops/memory/common.py:25), whatever the tensor's dtype
     req.prefix_indices = pool.req_to_token[req.req_pool_idx, : len(req.get_fill_ids())].to(
@@ -169,8 +180,26 @@ def cache_unfinished(original: Callable, req, tree_cache, *args, **kwargs):
             tree_cache.token_to_kv_pool_allocator.free(slots)
             req.cache_protected_len = c.cut
             metrics().freed.inc(c.cut - lo)
+        if tree_cache.supports_swa():
+            _free_swa_behind_the_window(req, tree_cache)
         c.freed = True
     return None
+
+
+def _free_swa_behind_the_window(req, tree_cache) -> None:
+    """After compression, free the local (SWA) slots of the kept region ``[cut, P)`` that
+    lie behind the last window: the global cells stay, the local layers read only the last
+    window. Without this a compressed request holds B + 1 local slots until its first
+    decode eviction; a burst of prefills then overfills the local pool, sized for one
+    window per request, and SGLang retracts (measured: 13 retractions a run at 32 concurrent
+    512-token prompts, ``ma`` with budget 128, before this)."""
+    from sglang.srt.mem_cache.common import free_swa_out_of_window_slots
+
+    free_swa_out_of_window_slots(
+        req, len(req.get_fill_ids()), sliding_window_size=tree_cache.sliding_window_size,
+        page_size=tree_cache.page_size, req_to_token_pool=tree_cache.req_to_token_pool,
+        token_to_kv_pool_allocator=tree_cache.token_to_kv_pool_allocator,
+        is_chunk_cache=tree_cache.is_chunk_cache())
 
 
 def _free_swa_behind_the_chunk(req, tree_cache) -> None:
@@ -192,6 +221,29 @@ def _free_swa_behind_the_chunk(req, tree_cache) -> None:
             page_size=tree_cache.page_size, req_to_token_pool=tree_cache.req_to_token_pool,
             token_to_kv_pool_allocator=tree_cache.token_to_kv_pool_allocator,
             is_chunk_cache=True)
+
+
+def count_parked_prefills(original: Callable, checker, *args, **kwargs) -> tuple[int, int]:
+    """AROUND SGLang's strict pool check's ``_get_total_uncached_sizes``
+    (``scheduler_components/invariant_checker.py:224-263``): add the slots of private
+    requests parked between prompt chunks. The check counts only the requests of the last
+    and the running batch and assumes a chunked prompt's earlier chunks are in the radix
+    tree; a private request's are not, so when a decode batch runs while one waits for its
+    next chunk (the local pool full, after a retraction), its slots read as a leak and the
+    check stops the scheduler (``SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_BUSY``, our tests
+    and soak)."""
+    full, swa = original(checker, *args, **kwargs)
+    batches = [b for b in (checker.get_last_batch(), checker.get_running_batch()) if b is not None]
+    counted = {id(r) for b in batches for r in b.reqs}
+    page = max(1, checker.page_size)
+    for req in list(_prefilling):
+        if req.kv is None or id(req) in counted:
+            continue
+        allocated = -(-req.kv.kv_allocated_len // page) * page
+        full += allocated - req.cache_protected_len
+        if checker.is_hybrid_swa:
+            swa += allocated - max(req.cache_protected_len, req.kv.swa_evicted_seqlen)
+    return full, swa
 
 
 # ---- model side -----------------------------------------------------------------------------
