@@ -37,14 +37,14 @@ def section(run: Path) -> str:
     out = [f"### `{run}`", ""]
     first = next((i for i, ln in enumerate(lines) if ln.startswith("## ")), len(lines))
     out += [ln for ln in lines[1:first] if ln.startswith("- ")] + [""]
-    keep = False
+    keep = first == len(lines)  # a report without sections: its tables follow the header
     for ln in lines:
         if ln.startswith("## "):
             keep = True
             out += ["#" + ln, ""]
         elif keep and ln.startswith("|"):
             out.append(ln)
-        elif keep and ln.startswith(("Requests of", "Not measured", "TTFT p50")):
+        elif keep and ln.startswith(("Requests of", "Not measured", "TTFT p50", "SLO ")):
             out += [ln, ""]  # the paragraph that defines a table's columns
         elif keep and ln.startswith("!["):
             alt, target = re.match(r"!\[(.*)\]\((.*)\)", ln).groups()
