@@ -10,7 +10,10 @@ never typed in:
   capacity at paper scale (the formula and the pools, :mod:`mixkv_bench.capacity`) and its
   H100 projection, with and without a budget.
 
-    .venv/bin/python scripts/readme_results.py results/bench-cpu results/capacity-cpu --roofline --adakv
+    .venv/bin/python scripts/readme_results.py results/bench-cpu results/shared-prefix-cpu \
+        results/bench-adakv-cpu results/capacity-cpu results/capacity-adakv-cpu \
+        results/fast-prefill-cpu results/adakv-overhead-cpu results/external-clients \
+        results/soak-cpu --roofline --adakv
 """
 
 from __future__ import annotations
@@ -30,14 +33,29 @@ ADA_VARIANTS = ["standard", f"standard@adakv={ADA_BUDGET}", "ma", f"ma@adakv={AD
 PLANS = ["standard", "swa", "ma", "ma-offset", "ma-endslide", "ma-pairs"]
 
 
+def _image(run: Path, line: str) -> list[str]:
+    alt, target = re.match(r"!\[(.*)\]\((.*)\)", line).groups()
+    return ["", f"![{alt}]({run}/{target})", ""]
+
+
 def section(run: Path) -> str:
-    text = (run / "report.md").read_text()
-    # header bullets (command, commit, versions, hardware, workload) + every table
-    lines = text.splitlines()
+    """A report's header bullets (command, commit, versions, hardware, workload), then:
+    with ``## `` sections, every table and the paragraphs that define their columns; a
+    short report without sections (overhead, external clients, soak), its whole body."""
+    lines = (run / "report.md").read_text().splitlines()
     out = [f"### `{run}`", ""]
-    first = next((i for i, ln in enumerate(lines) if ln.startswith("## ")), len(lines))
-    out += [ln for ln in lines[1:first] if ln.startswith("- ")] + [""]
-    keep = first == len(lines)  # a report without sections: its tables follow the header
+    first = next((i for i, ln in enumerate(lines) if ln.startswith("## ")), None)
+    end = 1  # the header: bullets and their wrapped continuation lines
+    while end < len(lines) and (lines[end].startswith(("- ", "  ")) or not lines[end].strip()):
+        if not lines[end].strip() and end > 1 and lines[end - 1].strip():
+            break
+        end += 1
+    out += [ln for ln in lines[1:end] if ln.strip()] + [""]
+    if first is None:
+        for ln in lines[end:]:
+            out += _image(run, ln) if ln.startswith("![") else [ln]
+        return "\n".join(out).replace("\n\n\n", "\n\n")
+    keep = False
     for ln in lines:
         if ln.startswith("## "):
             keep = True
@@ -47,8 +65,7 @@ def section(run: Path) -> str:
         elif keep and ln.startswith(("Requests of", "Not measured", "TTFT p50", "SLO ")):
             out += [ln, ""]  # the paragraph that defines a table's columns
         elif keep and ln.startswith("!["):
-            alt, target = re.match(r"!\[(.*)\]\((.*)\)", ln).groups()
-            out += ["", f"![{alt}]({run}/{target})", ""]
+            out += _image(run, ln)
     return "\n".join(out).replace("\n\n\n", "\n\n")
 
 
