@@ -185,9 +185,10 @@ def test_prompt_slots_go_back_to_the_pool_during_decode(ma):
 def test_a_burst_of_compressing_prompts_is_not_retracted(ma):
     """Eight 200-token prompts at once (the server's --max-running-requests): after
     compression each request keeps local (SWA) KV for its last window only, as the local
-    pool, sized for one window per request, assumes; so none is retracted. (Before that
-    fix each held its B + 1 kept slots' local KV until its first decode eviction, and
-    this burst was retracted: 0 here, N before.)"""
+    pool, sized for one window per request, assumes; so none is retracted. (Measured
+    before that fix: each held its B + 1 kept slots' local KV until its first decode
+    eviction, this burst was retracted, and the strict pool check then stopped the
+    scheduler, see :func:`test_retraction_recompresses_and_the_pool_ends_empty`.)"""
     server, _, _ = ma
     before = metric(server, "sglang:num_retracted_requests_total")
     cases = [(random_prompt(100 + i, 200, SIZE.vocab), 16, f"burst{i}") for i in range(8)]
