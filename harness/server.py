@@ -8,6 +8,7 @@ whole process group (the server's scheduler and detokenizer processes included).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -39,6 +40,21 @@ def healthy(url: str) -> bool:
             return r.status == 200
     except OSError:
         return False
+
+
+def router_ready(workers: int) -> Callable[[str], bool]:
+    """Readiness of sglang-router in front of ``workers`` servers: its ``/health`` answers
+    before it has registered them (it adds them in the background, and until then
+    answers 503 "no available workers"), so wait until ``/readiness`` counts them all
+    healthy."""
+    def ready(url: str) -> bool:
+        try:
+            with urllib.request.urlopen(url + "/readiness", timeout=5) as r:
+                return json.load(r).get("healthy_workers", 0) >= workers
+        except (OSError, ValueError):  # 503 until one is healthy; not up yet; not JSON
+            return False
+
+    return ready
 
 
 def _group_alive(pgid: int) -> bool:
@@ -81,17 +97,18 @@ class Started:
 
 
 def start(cmd: list[str], url: str, log: Path, timeout: float = 600.0, env: dict | None = None,
-          cwd: str | Path | None = None) -> Started:
-    """Run ``cmd`` (output to ``log``, own process group) until ``GET url/health``
-    answers 200. On failure the group is killed and RuntimeError raised (with the log's
-    tail), :class:`AddressInUse` as soon as the log says the port is taken."""
+          cwd: str | Path | None = None, ready: Callable[[str], bool] = healthy) -> Started:
+    """Run ``cmd`` (output to ``log``, own process group) until ``ready(url)`` (default:
+    ``GET url/health`` answers 200). On failure the group is killed and RuntimeError
+    raised (with the log's tail), :class:`AddressInUse` as soon as the log says the port
+    is taken."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, **(env or {})}, cwd=cwd)
     try:
         deadline = time.monotonic() + timeout
-        while not healthy(url):
+        while not ready(url):
             tail = log.read_text(errors="replace")
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode}; see {log}:\n{tail[-4000:]}")
@@ -108,14 +125,15 @@ def start(cmd: list[str], url: str, log: Path, timeout: float = 600.0, env: dict
 
 def start_on_free_port(make_cmd: Callable[[int], list[str]], log: Path, timeout: float = 600.0,
                        env: dict | None = None, attempts: int = 3, host: str = "127.0.0.1",
-                       cwd: str | Path | None = None) -> Started:
+                       cwd: str | Path | None = None,
+                       ready: Callable[[str], bool] = healthy) -> Started:
     """:func:`start` on a free port (``make_cmd(port)`` builds the command). A port taken
     between the check and the server's bind means a new port and a new start, up to
     ``attempts`` times."""
     for attempt in range(attempts):
         port = free_port()
         try:
-            return start(make_cmd(port), f"http://{host}:{port}", log, timeout, env, cwd)
+            return start(make_cmd(port), f"http://{host}:{port}", log, timeout, env, cwd, ready)
         except AddressInUse:
             if attempt == attempts - 1:
                 raise
@@ -138,9 +156,10 @@ def launched(cmd: list[str], url: str, log: Path, timeout: float = 600.0,
 @contextlib.contextmanager
 def launched_on_free_port(make_cmd: Callable[[int], list[str]], log: Path, timeout: float = 600.0,
                           env: dict | None = None, attempts: int = 3,
-                          host: str = "127.0.0.1") -> Iterator[str]:
+                          host: str = "127.0.0.1",
+                          ready: Callable[[str], bool] = healthy) -> Iterator[str]:
     """:func:`start_on_free_port` for the duration of a ``with`` block; yields the URL."""
-    server = start_on_free_port(make_cmd, log, timeout, env, attempts, host)
+    server = start_on_free_port(make_cmd, log, timeout, env, attempts, host, ready=ready)
     try:
         yield server.url
     finally:

@@ -17,7 +17,7 @@ from typing import Iterator, NamedTuple
 
 import requests
 
-from harness.server import launched, launched_on_free_port
+from harness.server import launched, launched_on_free_port, router_ready
 from mixkv_bench import variants
 from mixkv_bench.settings import DECODE_LOG_INTERVAL, SERVER_START_S, Settings
 from sglang_mixkv.defaults import (ADMIN_API_KEY_ENV, API_KEY_ENV, auth_headers, redact_server_info,
@@ -102,5 +102,6 @@ def deployed(plan: str, st: Settings, vdir: Path, tag: str = "") -> Iterator[Dep
         log = vdir / f"router{tag}.log"
         stack.callback(_redact_log, log)
         url = stack.enter_context(launched_on_free_port(
-            lambda port: router_command(port, urls), log, timeout=SERVER_START_S))
+            lambda port: router_command(port, urls), log, timeout=SERVER_START_S,
+            ready=router_ready(len(urls))))
         yield Deployment(url, urls)

@@ -14,6 +14,10 @@ Found by running it (``tests/server/test_router.py`` keeps each finding true):
   updates, ...: 404) and its ``/flush_cache`` calls every server with the *user* key, so
   our servers refuse it (401): a flush goes to each server directly with its admin key.
 * The router has no ``/server_info`` or ``/model_info``; it has ``/get_model_info``.
+* ``/health`` answers 200 as soon as the router listens, but it registers its workers in
+  the background and until then answers requests with 503 ("no available workers");
+  ``/readiness`` (no key) reports ``healthy_workers``: our launchers wait until it counts
+  every server (``harness.server.router_ready``; a test that did not, failed under load).
 
 Keys are passed in-process (``RouterArgs``), never on a command line.
 """

@@ -62,9 +62,10 @@ class Server:
 
 
 def start_server(args: list[str], log: Path, env: dict | None = None, timeout: float = 240,
-                 module: str = "sglang_mixkv.serve") -> Server:
-    """``python -m MODULE ARGS --port P`` on a free port; waits for /health."""
+                 module: str = "sglang_mixkv.serve", ready=None) -> Server:
+    """``python -m MODULE ARGS --port P`` on a free port; waits for /health (or
+    ``ready(url)``, e.g. :func:`harness.server.router_ready`)."""
     started = start_on_free_port(
         lambda port: [sys.executable, "-m", module, *args, "--port", str(port)], log,
-        timeout=timeout, env=env, cwd=REPO)
+        timeout=timeout, env=env, cwd=REPO, **({"ready": ready} if ready else {}))
     return Server(started.url, started)

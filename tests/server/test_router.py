@@ -15,6 +15,7 @@ import pytest
 from mixkv_bench.reference import Reference
 from sglang_mixkv.model_folder import SIZES, write_model_folder
 from sglang_mixkv.router import check_keys
+from harness.server import router_ready
 from tests.helpers.harness_fixtures import cli, records
 from tests.helpers.serving import start_server
 
@@ -39,7 +40,7 @@ def dp(tmp_path_factory):
         if len(servers) < 2:
             raise next(f.exception() for f in starts if f.exception() is not None)
         router = start_server(["--workers", *(s.url for s in servers)], log=tmp / "router.log",
-                              env=ENV, module="sglang_mixkv.router")
+                              env=ENV, module="sglang_mixkv.router", ready=router_ready(2))
         yield router, servers, Reference(model)
     finally:
         for s in [router, *servers]:
@@ -53,6 +54,8 @@ def served_generates(s) -> int:
 
 def test_requests_reach_both_servers_and_match_the_reference(dp):
     router, servers, ref = dp
+    readiness = router.get("/readiness").json()  # what the fixture waited for
+    assert (readiness["healthy_workers"], readiness["total_workers"]) == (2, 2), readiness
     before = [served_generates(s) for s in servers]
     rng = random.Random(3)
     prompts = [[rng.randrange(3, SIZE.vocab) for _ in range(rng.randrange(20, 90))] for _ in range(8)]
