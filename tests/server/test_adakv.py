@@ -160,9 +160,13 @@ def idle_pool_used(server) -> int:
 
 def test_prompt_slots_go_back_to_the_pool_during_decode(ma):
     """While a 600-token prompt decodes, the global pool holds its last B + 1 prompt slots
-    and the decoded tokens, not 600 (SGLang's own gauge, published every 2 decode steps)."""
+    and the decoded tokens, not 600 (SGLang's own gauge, published every 2 decode steps);
+    the other 600 - (B + 1) slots went back to the allocator at compression (our counter).
+    (The prefill itself is too short on this model to sample its peak reliably: a check
+    that the gauge once read >= 300 failed under CI's load.)"""
     server, _, _ = ma
     ids = random_prompt(31, 600, SIZE.vocab)
+    freed = metric(server, "mixkv:adakv_freed_slots_total")
     seen = []
 
     def watch(stop):
@@ -178,8 +182,9 @@ def test_prompt_slots_go_back_to_the_pool_during_decode(ma):
     finally:
         stop.set()
         t.join()
-    assert max(seen) >= 300, seen  # (most of) the prompt while it was prefilled
-    assert min(seen[len(seen) // 2:]) <= B + 1 + 60 + 5, seen  # and after it was compressed
+    # cut = P - (B + 1) = 551 at page size 1: slots [0, cut) freed, the rest kept
+    assert metric(server, "mixkv:adakv_freed_slots_total") - freed == 600 - (B + 1)
+    assert min(seen[len(seen) // 2:]) <= B + 1 + 60 + 5, seen  # kept slots + decode (+ slack)
 
 
 def test_a_burst_of_compressing_prompts_is_not_retracted(ma):
