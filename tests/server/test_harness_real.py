@@ -46,7 +46,10 @@ def test_sweep_exact_lengths_no_failures(sglang, tmp_path, api):
         assert r["ok"] and r["error"] is None and r["mismatch"] is None, r
         template = 3 if api == "chat" else 0  # <s>, the user's and the assistant's role words
         assert (r["prompt_tokens"], r["completion_tokens"], r["stream_tokens"]) == (64 + template, 4, 4)
-        assert len(r["itl"]) == 4 - 1 and r["ttft"] > 0
+        # one ITL entry per token after the first chunk (harness/client.py): 3 when every
+        # chunk carries one token; fewer when the server coalesced tokens into the first
+        # chunk (seen for chat under CI's load); never fewer than the later chunks
+        assert r["chunks"] - 1 <= len(r["itl"]) <= 4 - 1 and r["ttft"] > 0, r
     meta = json.loads((tmp_path / "r" / "meta.json").read_text())
     assert meta["status"] == "complete" and set(meta["flush"].values()) == {"ok"}
     assert meta["config"]["vocab_size"] == 512  # discovered from the model folder
