@@ -165,6 +165,14 @@ class GenerateApi:
         return rec.stream_tokens
 
 
+def _read_usage(usage: dict, rec: Record) -> None:
+    """An OpenAI ``usage`` object's counts into ``rec`` (completions and chat alike)."""
+    rec.prompt_tokens = usage.get("prompt_tokens")
+    rec.completion_tokens = usage.get("completion_tokens")
+    details = usage.get("prompt_tokens_details") or {}
+    rec.cached_tokens = details.get("cached_tokens", rec.cached_tokens)
+
+
 class OpenAIApi:
     """OpenAI-compatible ``POST /v1/completions`` (SGLang, vLLM) with a token-id prompt."""
 
@@ -186,12 +194,8 @@ class OpenAIApi:
         for choice in ev.get("choices") or []:
             ids = choice.get("token_ids")
             rec.stream_tokens += len(ids) if ids is not None else 1
-        usage = ev.get("usage")
-        if usage:
-            rec.prompt_tokens = usage.get("prompt_tokens")
-            rec.completion_tokens = usage.get("completion_tokens")
-            details = usage.get("prompt_tokens_details") or {}
-            rec.cached_tokens = details.get("cached_tokens", rec.cached_tokens)
+        if usage := ev.get("usage"):
+            _read_usage(usage, rec)
         return rec.stream_tokens
 
 
@@ -216,12 +220,8 @@ class ChatApi:
     parse = staticmethod(_loads)
 
     def update(self, ev: dict, rec: Record) -> int:
-        usage = ev.get("usage")
-        if usage:
-            rec.prompt_tokens = usage.get("prompt_tokens")
-            rec.completion_tokens = usage.get("completion_tokens")
-            details = usage.get("prompt_tokens_details") or {}
-            rec.cached_tokens = details.get("cached_tokens", rec.cached_tokens)
+        if usage := ev.get("usage"):
+            _read_usage(usage, rec)
             rec.stream_tokens = rec.completion_tokens or 0
         else:  # a server without continuous usage: one token per content delta
             rec.stream_tokens += sum(

@@ -1,5 +1,5 @@
 """Our servers for a variant: their command, their lifetime, their ``/server_info``;
-one server, or several behind SGLang's router (:func:`served_dp`).
+one server, or several behind SGLang's router (:func:`deployed`).
 
 Each server runs in its own process group (:mod:`harness.server`); its log stays in the
 variant's folder with every key redacted once the server has stopped.

@@ -193,13 +193,19 @@ def _free_swa_behind_the_window(req, tree_cache) -> None:
     decode eviction; a burst of prefills then overfills the local pool, sized for one
     window per request, and SGLang retracts (measured: 13 retractions a run at 32 concurrent
     512-token prompts, ``ma`` with budget 128, before this)."""
+    _free_swa_below_window(req, tree_cache, len(req.get_fill_ids()), tree_cache.is_chunk_cache())
+
+
+def _free_swa_below_window(req, tree_cache, pre_len: int, is_chunk_cache: bool) -> None:
+    """SGLang's own out-of-window SWA free (``mem_cache/common.py:47-95``) for ``req``'s
+    slots, as if its KV reached ``pre_len``."""
     from sglang.srt.mem_cache.common import free_swa_out_of_window_slots
 
     free_swa_out_of_window_slots(
-        req, len(req.get_fill_ids()), sliding_window_size=tree_cache.sliding_window_size,
+        req, pre_len, sliding_window_size=tree_cache.sliding_window_size,
         page_size=tree_cache.page_size, req_to_token_pool=tree_cache.req_to_token_pool,
         token_to_kv_pool_allocator=tree_cache.token_to_kv_pool_allocator,
-        is_chunk_cache=tree_cache.is_chunk_cache())
+        is_chunk_cache=is_chunk_cache)
 
 
 def _free_swa_behind_the_chunk(req, tree_cache) -> None:
@@ -210,17 +216,12 @@ def _free_swa_behind_the_chunk(req, tree_cache) -> None:
     tree would otherwise do this as it inserts the chunk (private requests are never
     inserted), and the local pool, sized for one window per request plus the chunks in
     flight, would fill with the whole prompt."""
-    from sglang.srt.mem_cache.common import free_swa_out_of_window_slots
     from sglang.srt.runtime_context import get_schedule
 
     chunk = get_schedule().chunked_prefill_size or 0
     chunk_start = len(req.get_fill_ids()) - max(chunk, 0)
     if chunk_start > 0:
-        free_swa_out_of_window_slots(
-            req, chunk_start, sliding_window_size=tree_cache.sliding_window_size,
-            page_size=tree_cache.page_size, req_to_token_pool=tree_cache.req_to_token_pool,
-            token_to_kv_pool_allocator=tree_cache.token_to_kv_pool_allocator,
-            is_chunk_cache=True)
+        _free_swa_below_window(req, tree_cache, chunk_start, is_chunk_cache=True)
 
 
 def count_parked_prefills(original: Callable, checker, *args, **kwargs) -> tuple[int, int]:
