@@ -15,7 +15,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from mixkv_bench import variants
+from mixkv_bench import gemma, variants
 from sglang_mixkv import kv_math as cap
 from sglang_mixkv import plan as plans
 from sglang_mixkv.defaults import parse_bytes
@@ -95,10 +95,13 @@ def main(argv: list[str] | None = None) -> int:
                     "standard,ma,ma@adakv=2048")
     ap.add_argument("--adakv-budget", type=int, help="Ada-KV budget for every plan listed "
                     "without one of its own (PLAN@adakv=B)")
-    ap.add_argument("--gpu-mem", default="80GiB", help="GPU memory, e.g. 80GiB (H100)")
+    ap.add_argument("--gpu-mem", default=None, help="GPU memory, e.g. 80GiB (H100; the "
+                    "default); for a Gemma model a comma list (default 80GiB,24GiB)")
     ap.add_argument("--mem-fraction", type=float, default=0.85,
                     help="static memory fraction for weights + KV (SGLang's --mem-fraction-static)")
-    ap.add_argument("--model", default="paper", choices=list(SIZES))
+    ap.add_argument("--model", default="paper", choices=list(SIZES) + list(gemma.PUBLISHED),
+                    help="our model sizes, or a published Gemma E-series shape: SGLang's "
+                    "stock pool beside ours (--plans does not apply)")
     ap.add_argument("--kv-heads", type=int, default=None,
                     help="KV heads per layer (1 = MQA, the model's heads = MHA; default: the size's)")
     ap.add_argument("--window", type=int, default=None)
@@ -114,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--csv", help="also write the table as CSV here")
     ap.add_argument("--png", help="also write a bar chart of max_tokens here")
     a = ap.parse_args(argv)
+    if a.model in gemma.PUBLISHED:
+        return gemma_table(a)
+    a.gpu_mem = a.gpu_mem or "80GiB"
     try:
         specs = [v.label if v.adakv_budget or not a.adakv_budget else f"{v.label}@adakv={a.adakv_budget}"
                  for v in variants.parse_list(a.plans)]
@@ -137,6 +143,28 @@ def main(argv: list[str] | None = None) -> int:
         shown = df.drop(columns=["request_tokens", "request_bytes", "weight_bytes"])
         print(shown.to_markdown(index=False, intfmt=","))
         print(f"\nmodel {size.name}: {json.dumps(asdict(size))}")
+    return 0
+
+
+def gemma_table(a: argparse.Namespace) -> int:
+    """``--model gemma-*``: stock vs our pools for a published Gemma shape."""
+    import pandas as pd
+
+    try:
+        mems = [parse_bytes(m) for m in (a.gpu_mem or "80GiB,24GiB").split(",")]
+        rows = gemma.capacity_rows([a.model], mems, a.mem_fraction, a.request_tokens)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    df = pd.DataFrame(rows)
+    if a.csv:
+        Path(a.csv).parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(a.csv, index=False)
+    if a.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(df.to_markdown(index=False, intfmt=",", floatfmt=".2f"))
+        print(f"\nshape of {a.model}: {gemma.source_of(a.model)}")
     return 0
 
 

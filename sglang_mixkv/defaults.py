@@ -21,6 +21,9 @@ KV_BUDGET_ENV = "MIXKV_KV_BUDGET_BYTES"
 #: Running requests the local pool is sized for, instead of ``--max-running-requests``
 #: (the capacity probe serves with a larger cap than the pools hold).
 POOL_REQUESTS_ENV = "MIXKV_POOL_MAX_RUNNING"
+#: ``1``: SGLang's own pool sizing and per-layer buffers (every layer of a Gemma model,
+#: the SWA pool at SGLang's ratio); every other seam stays. Measures stock pools beside ours.
+STOCK_POOLS_ENV = "MIXKV_STOCK_POOLS"
 #: ``1``: log every fast-prefill forward (tests use it to prove the fast path ran).
 FAST_PREFILL_LOG_ENV = "MIXKV_FAST_PREFILL_LOG"
 #: Where ``serve`` writes model folders it creates (default ``<repo>/models``).

@@ -12,6 +12,8 @@ Per token of context, per request (K and V, every KV-owning layer):
     global_bytes = 2 * kv_heads * head_dim * dtype_bytes * (#global producers)
     local_bytes  = 2 * kv_heads * head_dim * dtype_bytes * (#local producers)
 
+(with each kind's own heads and head dim where they differ, as in Gemma 4)
+
 and a request of T tokens costs ``T * global_bytes + min(T, W) * local_bytes``.
 """
 
@@ -29,11 +31,16 @@ PAPER_REQUEST = PAPER_INPUT + PAPER_OUTPUT
 
 @dataclass(frozen=True)
 class KVDims:
-    """Per-layer KV geometry (after tensor parallelism, if any)."""
+    """Per-layer KV geometry (after tensor parallelism, if any). ``kv_heads`` and
+    ``head_dim`` are the global layers'; local (sliding-window) layers have their own
+    where a model differs by kind (Gemma 4: ``global_head_dim`` for full layers), else
+    the same."""
 
     kv_heads: int
     head_dim: int
     dtype_bytes: int = 2
+    local_kv_heads: int | None = None
+    local_head_dim: int | None = None
 
     @classmethod
     def of(cls, size: ModelSize, dtype_bytes: int | None = None) -> "KVDims":
@@ -41,8 +48,15 @@ class KVDims:
 
     @property
     def layer_bytes(self) -> int:
-        """K + V bytes of one token in one KV-owning layer."""
+        """K + V bytes of one token in one global KV-owning layer."""
         return 2 * self.kv_heads * self.head_dim * self.dtype_bytes
+
+    @property
+    def local_layer_bytes(self) -> int:
+        """K + V bytes of one token in one local KV-owning layer."""
+        heads = self.kv_heads if self.local_kv_heads is None else self.local_kv_heads
+        dim = self.head_dim if self.local_head_dim is None else self.local_head_dim
+        return 2 * heads * dim * self.dtype_bytes
 
 
 @dataclass(frozen=True)
@@ -54,7 +68,7 @@ class PerToken:
 def bytes_per_token(plan: plans.Plan, dims: KVDims) -> PerToken:
     return PerToken(
         global_bytes=dims.layer_bytes * len(plan.global_producers),
-        local_bytes=dims.layer_bytes * len(plan.local_producers),
+        local_bytes=dims.local_layer_bytes * len(plan.local_producers),
     )
 
 
@@ -191,6 +205,30 @@ def pool_split(budget: int, plan: plans.Plan, dims: KVDims, *, window: int, max_
             f"{budget / 2**30:.2f} GiB; lower --max-running-requests or raise the memory fraction"
         )
     return PoolSplit(g, s, g * pt.global_bytes, s * pt.local_bytes)
+
+
+def stock_pool_split(budget: int, plan: plans.Plan, dims: KVDims, *, hybrid: bool,
+                     swa_ratio: float = 0.8, page: int = 1) -> PoolSplit:
+    """What SGLang 0.5.17's own configurators allocate in ``budget`` bytes for a model
+    whose KV sharing is compute-only (Gemma 3n / 4 served stock): a buffer for every
+    layer, shared ones included.
+
+    - ``hybrid`` (Gemma 4, ``HybridSWAPoolConfigurator``,
+      ``model_executor/pool_configurator.py:335-493``): full tokens = budget / (full
+      layers x their bytes + ratio x sliding layers x theirs), the SWA pool ``ratio``
+      (``--swa-full-tokens-ratio``, 0.8) of that, not window-bounded;
+    - otherwise (Gemma 3n, whose hybrid memory SGLang turns off): one pool, every layer
+      with the global geometry (``DefaultPoolConfigurator``, ``:270-333``)."""
+    n_global = sum(layer.kind == plans.GLOBAL for layer in plan.layers)
+    n_local = len(plan) - n_global
+    if not hybrid:
+        tokens = budget // (len(plan) * dims.layer_bytes) // page * page
+        return PoolSplit(tokens, 0, tokens * len(plan) * dims.layer_bytes, 0)
+    cell = n_global * dims.layer_bytes + swa_ratio * n_local * dims.local_layer_bytes
+    full = int(budget // cell) // page * page
+    swa = int(full * swa_ratio) // page * page
+    return PoolSplit(full, swa, full * n_global * dims.layer_bytes,
+                     swa * n_local * dims.local_layer_bytes)
 
 
 def pool_max_requests(split: PoolSplit, plan: plans.Plan, tokens: int, *, window: int,

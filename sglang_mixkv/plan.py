@@ -320,24 +320,3 @@ def from_config(config: Mapping[str, Any] | Any) -> Plan:
             f"config field is_hybrid_swa={get('is_hybrid_swa')} disagrees with mixkv_plan {text!r}"
         )
     return plan
-
-
-# ---- which served models are ours ------------------------------------------------------
-def is_mixkv(hf_config: Any) -> bool:
-    """Whether SGLang is serving a model whose KV layout a plan describes (today: our
-    ``MixAttentionForCausalLM`` folders, which carry ``mixkv_plan``)."""
-    return plan_for(hf_config) is not None
-
-
-def plan_for(hf_config: Any) -> Plan | None:
-    """The plan of the model SGLang loaded (an HF ``PretrainedConfig`` or a dict), or
-    None for a model whose KV layout the seams leave to SGLang.
-
-    The one place a served config becomes a plan: pools, radix cache and attention
-    backends ask here, never the config fields themselves. Raises PlanError for a
-    MixAttention config whose fields disagree."""
-    get = hf_config.get if isinstance(hf_config, Mapping) else (
-        lambda k, d=None: getattr(hf_config, k, d))
-    if get("mixkv_plan") is None:
-        return None
-    return from_config(hf_config)

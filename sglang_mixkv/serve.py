@@ -1,6 +1,10 @@
 """``python -m sglang_mixkv.serve``: write the model folder if needed, then run SGLang.
 
     python -m sglang_mixkv.serve --plan ma-offset --size paper [--port 30000] [sglang flags]
+    python -m sglang_mixkv.serve --model-path /path/to/gemma-4-E2B-it [sglang flags]
+
+A Gemma 3n / Gemma 4 folder is served as it is (SGLang's own model classes, our pools:
+its plan comes from its config).
 
 Everything this command does not know is passed to ``sglang.launch_server`` as is, so
 every SGLang server flag works. It adds only defaults a MixAttention server needs:
@@ -19,7 +23,7 @@ import re
 import sys
 from pathlib import Path
 
-from sglang_mixkv import device
+from sglang_mixkv import device, gemma, served
 from sglang_mixkv import plan as plans
 from sglang_mixkv.adakv import AdaKVConfig, AdaKVError
 from sglang_mixkv.defaults import (ADMIN_API_KEY_ENV, API_KEY_ENV, CPU_KV_BUDGET, KV_BUDGET_ENV,
@@ -92,7 +96,13 @@ def build_command(args: argparse.Namespace, sglang_flags: list[str]) -> tuple[li
     keys = key_env(args, sglang_flags)
     size = with_kv_heads(get_size(args.size), args.kv_heads)
     weights = args.weights == "random" or (args.weights == "auto" and size.name == "tiny")
-    if args.model_path and (Path(args.model_path) / "config.json").exists() and args.plan is None:
+    existing = Path(args.model_path) / "config.json" if args.model_path else None
+    if existing is not None and existing.exists() and gemma.family(json.loads(existing.read_text())):
+        if args.plan is not None or args.adakv_budget is not None:
+            raise ValueError(f"{args.model_path} is a Gemma 3n/4 folder: its plan comes from its "
+                             "config (layer_types, num_kv_shared_layers); --plan and Ada-KV "
+                             "(built into MixAttention folders only) do not apply")
+    if existing is not None and existing.exists() and args.plan is None:
         model_dir = Path(args.model_path)
         heads = json.loads((model_dir / "config.json").read_text()).get("num_key_value_heads")
         if args.kv_heads is not None and heads != args.kv_heads:
@@ -106,24 +116,33 @@ def build_command(args: argparse.Namespace, sglang_flags: list[str]) -> tuple[li
         write_model_folder(model_dir, size, spec, weights=weights, seed=args.seed,
                            window=args.window)
     cfg = json.loads((model_dir / "config.json").read_text())
-    plan = plans.from_config(cfg)  # raises PlanError on a bad plan
-    size = get_size(cfg.get("mixkv_size", size.name))
+    plan = served.plan_for(cfg)  # raises PlanError on a bad plan
+    if plan is None:
+        raise ValueError(f"{model_dir}/config.json is neither a MixAttention folder (mixkv_plan) "
+                         f"nor a Gemma 3n / Gemma 4 model (model_type {cfg.get('model_type')!r})")
+    family = gemma.family(cfg)
     gpu = has_gpu()
+    size = get_size(cfg.get("mixkv_size", "paper" if family and gpu else size.name))
 
     flags = list(sglang_flags)
     defaults: dict[str, str | None] = dict(SERVE_DEFAULTS.get(size.name, {}))
-    if cfg.get("mixkv_weights") is None:
+    if cfg.get("mixkv_weights") is None and family is None:
         defaults["--load-format"] = "dummy"
     # SGLang's "auto" dtype serves a float32 checkpoint in float16; keep the config's.
-    defaults["--dtype"] = cfg.get("torch_dtype", "auto")
+    defaults["--dtype"] = cfg.get("torch_dtype") or cfg.get("dtype") or "auto"
     defaults.update(launch.device_defaults(gpu))
+    extra_env = {}
+    if family is not None:
+        gemma_defaults, extra_env = launch.gemma_defaults(family, gpu, flags)
+        defaults.update(gemma_defaults)
     defaults.update({"--host": args.host, "--port": str(args.port)})
     for name, value in defaults.items():
         if not launch.flag_given(flags, name):
             flags += [name] if value is None else [name, value]
 
-    env = launch.flashinfer_env(plan, flags)
-    flags = launch.fast_prefill_flags(plan, flags, args.fast_prefill, gpu)
+    env = {**launch.flashinfer_env(plan, flags), **extra_env}
+    if family is None:  # fast prefill is built into MixAttention folders only
+        flags = launch.fast_prefill_flags(plan, flags, args.fast_prefill, gpu)
     ada = adakv_config(args, plan, cfg)
     if ada is not None and gpu and not launch.flag_given(flags, "--disable-cuda-graph"):
         print("sglang-mixkv: Ada-KV: CUDA graphs off (a captured decode replays fixed index "
@@ -137,7 +156,7 @@ def build_command(args: argparse.Namespace, sglang_flags: list[str]) -> tuple[li
         env["OMP_NUM_THREADS"] = "1"
     if "SGLANG_SWA_EVICTION_INTERVAL" not in os.environ:
         # Free out-of-window KV 16 times per window (SGLang's default: every 128 steps).
-        window = int(cfg.get("sliding_window") or size.window)
+        window = int(gemma.window(cfg) or cfg.get("sliding_window") or size.window)
         env["SGLANG_SWA_EVICTION_INTERVAL"] = str(eviction_interval(window))
     kv_budget = args.kv_budget
     if kv_budget is None and not gpu and not launch.flag_given(flags, "--max-total-tokens"):
@@ -159,7 +178,8 @@ def parser() -> argparse.ArgumentParser:
                     % ", ".join(plans.PRESET_NAMES))
     ap.add_argument("--size", default=os.environ.get(SIZE_ENV, "tiny"), choices=list(SIZES),
                     help="model size (default: $MIXKV_SIZE or tiny)")
-    ap.add_argument("--model-path", help="model folder; written here if it has no config.json")
+    ap.add_argument("--model-path", help="model folder (ours, or a Gemma 3n / 4 checkpoint "
+                    "served as it is); ours is written here if it has no config.json")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     ap.add_argument("--weights", choices=["auto", "random", "dummy"], default="auto",
                     help="auto: seeded random weights for tiny, --load-format dummy for paper")

@@ -5,11 +5,11 @@ point ``mixkv`` in group ``sglang.srt.plugins``, see ``pyproject.toml``); it reg
 our model class, two attention backends and every hook of :func:`hooks`, one list.
 Two rooms:
 
-``mixkv/``: seams for models a plan describes (``plan.plan_for(hf_config)`` is not
+``mixkv/``: seams for models a plan describes (``served.plan_for(hf_config)`` is not
 None); every other model passes through them unchanged.
 
-- :mod:`.mixkv.pools`: KV pools with buffers for producer layers only, a
-  window-bounded local pool, the rest to the global pool;
+- :mod:`.mixkv.pools`: KV pools with buffers for producer layers only (Gemma 3n / 4's
+  shared tail too), a window-bounded local pool, the rest to the global pool;
 - :mod:`.mixkv.radix`: the SWA radix cache releases a request's cached local KV as it
   leaves the request's window, so a running request pins one window;
 - :mod:`.mixkv.triton`: the ``triton`` backend (the GPU default) decodes over W keys
@@ -28,7 +28,9 @@ None); every other model passes through them unchanged.
 - :mod:`.patches.crash_fixes`: valid requests that stopped stock 0.5.17's scheduler;
 - :mod:`.patches.torch_native`: the ``torch_native`` backend reads SWA layers through
   the full->SWA index map (stock reads them with full-pool indices) and honours windows;
-- :mod:`.patches.rotary_cpu`: SGLang's rotary embedding on plain torch without CUDA.
+- :mod:`.patches.rotary_cpu`: SGLang's rotary embedding on plain torch without CUDA;
+- :mod:`.patches.gemma`: Gemma 3n / 4 load on CPU and match transformers (config
+  fields, soft-capping under Triton's interpreter, Gemma 3n's window).
 
 :mod:`.launch` holds what ``serve`` must know about SGLang's command line.
 """
@@ -54,11 +56,15 @@ def hooks(cuda: bool) -> list[Hook]:
     from sglang_mixkv.sglang_seams.mixkv import adakv, fast_prefill, pools, radix
     from sglang_mixkv.sglang_seams.patches import admin_auth as auth
     from sglang_mixkv.sglang_seams.patches import crash_fixes as fix
+    from sglang_mixkv.sglang_seams.patches import gemma
     from sglang_mixkv.sglang_seams.patches import validation as val
 
     listed = [
         # mixkv/: planned models only
         Hook(pools.POOL_CONFIGURATOR, pools.choose_pool_configurator, "AROUND"),
+        Hook(pools.HYBRID_LAYER_IDS, pools.producer_layer_ids, "AROUND"),
+        Hook(pools.IS_HYBRID_SWA, pools.hybrid_if_planned, "AROUND"),
+        Hook(pools.DERIVE_HYBRID, pools.keep_hybrid_memory, "AROUND"),
         Hook(radix.RADIX_FACTORY, radix.radix_cache_factory, "AROUND"),
         Hook(radix.EVICT_SWA, radix.evict_swa_then_release, "AROUND"),
         Hook(fast_prefill.INIT_NEW, fast_prefill.mark_last_chunks, "AFTER"),
@@ -80,6 +86,10 @@ def hooks(cuda: bool) -> list[Hook]:
         Hook(fix.LOGPROB_META, fix.input_top_logprobs_always, "AFTER"),
         *(Hook(target, fix.expert_records_need_a_recorder, "BEFORE")
           for target in fix.EXPERT_RECORDS),
+        Hook(gemma.UPDATE_INTERMEDIATE, gemma.pad_numbers_only, "AROUND"),
+        Hook(gemma.MODEL_GET_CONFIG, gemma.gemma4_text_names, "AFTER"),
+        Hook(gemma.SOFTCAP, gemma.softcap_cpu_tensors, "AROUND"),
+        Hook(gemma.GEMMA3N_ATTENTION_INIT, gemma.gemma3n_window_and_producer, "AFTER"),
     ]
     if not cuda:  # xgrammar's pinned bitmask and its CUDA kernel
         listed += [Hook(fix.GRAMMAR_BITMASK, fix.unpinned_token_bitmask, "REPLACE"),

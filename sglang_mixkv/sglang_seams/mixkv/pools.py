@@ -1,12 +1,26 @@
 """Seam: KV pool sizing (SGLang 0.5.17 ``model_executor/pool_configurator.py``).
 
 An AROUND hook on ``create_memory_pool_configurator`` hands MixAttention models
-:class:`MixKVPoolConfigurator`: buffers exist for producer layers only (SGLang builds
-them from ``hybrid_layer_pattern``), the local (SWA) pool is bounded by the window -
+:class:`MixKVPoolConfigurator`: buffers exist for producer layers only, the local (SWA)
+pool is bounded by the window -
 (one window + the eviction interval + 2 pages) x running requests + chunks in flight,
 with the radix cache on (``sglang_seams/mixkv/radix.py`` keeps a request's pinned local KV
 within one window) - and the rest of the budget goes to the global pool
 (:func:`sglang_mixkv.kv_math.pool_split`).
+
+Which layers get a buffer: SGLang builds the hybrid pool from two layer-id lists
+(``configs/model_config.py:2048-2136``, ``get_hybrid_layer_ids``). Our folders list
+producers only (``hybrid_layer_pattern``), but Gemma 4's branch lists every layer by
+``layer_types``, the KV-shared tail included (``:2090-2102``), so SGLang allocates
+buffers no layer writes. An AROUND hook answers with the plan's producers for every
+planned model (:func:`producer_layer_ids`). Gemma 3n is no hybrid model in SGLang
+(``model_config.py:1988-2010``, and ``arg_groups/overrides.py:848-861`` turns hybrid SWA
+memory off for it): the hooks on ``is_hybrid_swa_model`` and
+``ModelConfig._derive_hybrid_model`` make it one, so its sliding layers get the
+window-bounded pool too.
+
+``$MIXKV_STOCK_POOLS=1`` turns this seam off (and only it): SGLang's configurators and
+layer lists, to measure the stock pool of the same model beside ours.
 
 Plans without global layers, with the radix cache on, get a global pool of zero bytes
 (no global layer has a buffer) whose slots are token ids: SGLang then builds its hybrid FULL+SWA allocator
@@ -24,18 +38,70 @@ import torch
 
 from sglang_mixkv import kv_math
 from sglang_mixkv import plan as plans
-from sglang_mixkv.defaults import KV_BUDGET_ENV, POOL_REQUESTS_ENV
+from sglang_mixkv import served
+from sglang_mixkv.defaults import KV_BUDGET_ENV, POOL_REQUESTS_ENV, STOCK_POOLS_ENV
 
 logger = logging.getLogger(__name__)
 
 POOL_CONFIGURATOR = "sglang.srt.model_executor.pool_configurator.create_memory_pool_configurator"
+HYBRID_LAYER_IDS = "sglang.srt.configs.model_config.get_hybrid_layer_ids"
+IS_HYBRID_SWA = "sglang.srt.configs.model_config.is_hybrid_swa_model"
+DERIVE_HYBRID = "sglang.srt.configs.model_config.ModelConfig._derive_hybrid_model"
+
+
+def stock_pools() -> bool:
+    """Whether ``$MIXKV_STOCK_POOLS`` turned this seam off."""
+    import os
+
+    return os.environ.get(STOCK_POOLS_ENV, "") not in ("", "0")
+
+
+def _plan(hf_config) -> Optional[plans.Plan]:
+    return None if stock_pools() else served.plan_for(hf_config)
 
 
 def choose_pool_configurator(original, kvc):
-    """AROUND hook on ``create_memory_pool_configurator``: ours for planned models."""
-    if plans.is_mixkv(kvc.model_config.hf_config):
+    """AROUND hook on ``create_memory_pool_configurator``: ours for planned models.
+    With stock pools, SGLang's configurator, given the same ``--kv-budget`` bytes (the
+    cap on what it may size from) so the two can be compared."""
+    if _plan(kvc.model_config.hf_config) is not None:
         return MixKVPoolConfigurator(kvc)
-    return original(kvc)
+    configurator = original(kvc)
+    cap = kv_budget_cap()
+    if stock_pools() and cap is not None:
+        sized = configurator.calculate_pool_sizes
+        configurator.calculate_pool_sizes = lambda available, page: sized(min(available, cap), page)
+    return configurator
+
+
+def producer_layer_ids(original, architectures, hf_text_config):
+    """AROUND hook on ``get_hybrid_layer_ids``: (SWA ids, full ids) = the plan's local
+    and global producers; SGLang's answer for other models."""
+    plan = _plan(hf_text_config)
+    if plan is None:
+        return original(architectures, hf_text_config)
+    return plan.local_producers, plan.global_producers
+
+
+def hybrid_if_planned(original, architectures, hf_text_config=None):
+    """AROUND hook on ``is_hybrid_swa_model``: a planned model with local producers or
+    consumers is hybrid (Gemma 3n included)."""
+    plan = _plan(hf_text_config) if hf_text_config is not None else None
+    if plan is not None and (plan.local_producers or plan.has_consumers):
+        return True
+    return original(architectures, hf_text_config)
+
+
+def keep_hybrid_memory(original, self):
+    """AROUND hook on ``ModelConfig._derive_hybrid_model``: SGLang's Gemma 3n override
+    (``disable_hybrid_swa_memory``, a FIXME for Gemma 2's sliding layers) is lifted for
+    Gemma 3n under our pools; every other model keeps its setting."""
+    from sglang_mixkv import gemma
+
+    if (self.disable_hybrid_swa_memory and gemma.family(self.hf_config) == "gemma3n"
+            and _plan(self.hf_text_config) is not None):
+        self.disable_hybrid_swa_memory = False
+    return original(self)
 
 
 def pool_requests(max_running_requests: Optional[int]) -> Optional[int]:
@@ -78,7 +144,7 @@ class MixKVPoolConfigurator(_pool_configurator_base()):
 
         mc, sa = kvc.model_config, kvc.server_args
         self.kv_cache_dtype_str = kvc.kv_cache_dtype_str
-        self.plan = plans.plan_for(mc.hf_config)
+        self.plan = served.plan_for(mc.hf_config)
         if mc.head_dim != mc.v_head_dim:
             raise ValueError("MixAttention pools assume equal K and V head dims")
         running = pool_requests(sa.max_running_requests)
@@ -92,10 +158,13 @@ class MixKVPoolConfigurator(_pool_configurator_base()):
             )
         if kvc.spec_algorithm is not None and not kvc.spec_algorithm.is_none():
             raise ValueError("speculative decoding is not supported with MixAttention pools")
+        tp = get_parallel().attn_tp_size
         self.dims = kv_math.KVDims(
-            kv_heads=mc.get_num_kv_heads(get_parallel().attn_tp_size),
+            kv_heads=mc.get_num_kv_heads(tp),
             head_dim=mc.head_dim,
             dtype_bytes=torch._utils._element_size(kvc.kv_cache_dtype),
+            local_kv_heads=mc.get_swa_num_kv_heads(tp),
+            local_head_dim=mc.swa_head_dim,
         )
         chunk = sa.chunked_prefill_size
         self.sizing = dict(

@@ -48,7 +48,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Sequence
 
-from sglang_mixkv import plan as plans
+from sglang_mixkv import served
 
 if TYPE_CHECKING:
     from sglang.srt.managers.schedule_batch import Req, ScheduleBatch
@@ -227,7 +227,7 @@ def radix_cache_factory(original, ctx: TreeCacheBuildContext):
     module global by ``create_tree_cache``, ``:210``): MixAttention models with local
     layers and the radix cache on get :class:`WindowRadixCache`; everything else, and
     ``--disable-radix-cache`` (SGLang's SWA chunk cache), what SGLang builds."""
-    if ctx.disable_radix_cache or not ctx.is_hybrid_swa or not plans.is_mixkv(ctx.model_config.hf_config):
+    if ctx.disable_radix_cache or not ctx.is_hybrid_swa or not served.is_mixkv(ctx.model_config.hf_config):
         return original(ctx)
     check_supported(ctx)
     from sglang.srt.mem_cache.unified_cache.components import ComponentType

@@ -44,7 +44,7 @@ import logging
 import torch
 from sglang.srt.layers.attention.triton_backend import TritonAttnBackend, logit_capping_mod
 
-from sglang_mixkv import plan as plans
+from sglang_mixkv import served
 from sglang_mixkv.sglang_seams.mixkv import adakv
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def decode_window(runner_window: int | None, hf_config) -> int | None:
     """Index-list length the backend should use: W for plans with local producers
     (SGLang's ``runner_window`` is W-1), None for MixAttention plans without them, and
     SGLang's own value for every other model."""
-    plan = plans.plan_for(hf_config)
+    plan = served.plan_for(hf_config)
     if plan is None:
         return runner_window
     if not plan.local_producers or runner_window is None:
