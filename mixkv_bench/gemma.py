@@ -150,6 +150,31 @@ def write_tiny(out: str | Path, family: str, seed: int = 0, **overrides: Any) ->
     return out
 
 
+def write_tiny_multimodal(out: str | Path, seed: int = 0) -> Path:
+    """A tiny random ``Gemma4ForConditionalGeneration`` checkpoint (the published
+    checkpoints' class: text model under ``model.language_model``, one-layer vision and
+    audio towers) written by transformers, float32, with a word-level tokenizer."""
+    import torch
+    from transformers import (Gemma4AudioConfig, Gemma4Config, Gemma4ForConditionalGeneration,
+                              Gemma4VisionConfig)
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = transformers_config({**TINY["gemma4"], "pad_token_id": 0, "bos_token_id": 1,
+                                "eos_token_id": 2})
+    vision = Gemma4VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                num_attention_heads=2, num_key_value_heads=2, head_dim=16,
+                                global_head_dim=16)
+    audio = Gemma4AudioConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                              output_proj_dims=64)
+    torch.manual_seed(seed)
+    model = Gemma4ForConditionalGeneration(Gemma4Config(text_config=text, vision_config=vision,
+                                                        audio_config=audio))
+    model.to(torch.float32).save_pretrained(out)
+    write_tokenizer(out, text.vocab_size)
+    return out
+
+
 class TransformersReference:
     """transformers' own model of a folder (``AutoModelForCausalLM``, float32): the
     independent reference a served Gemma folder is held to."""

@@ -14,6 +14,8 @@ like ours: pools for the producer layers only, local ones window-bounded.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Mapping
 
 from sglang_mixkv import plan as plans
@@ -90,3 +92,65 @@ def window(cfg: Any) -> int | None:
     """W: tokens a sliding layer sees, its own included (HF ``sliding_window``)."""
     text = text_config(cfg)
     return None if text is None else _get(text, "sliding_window")
+
+
+# ---- the text model of a multimodal checkpoint ------------------------------------------
+#: SGLang's text class for each family
+TEXT_CLASSES = {"gemma4": "Gemma4ForCausalLM", "gemma3n": "Gemma3nForCausalLM"}
+
+
+def write_text_folder(src: str | Path, dst: str | Path) -> Path:
+    """The text model of a multimodal Gemma checkpoint (``Gemma4ForConditionalGeneration``,
+    ``Gemma3nForConditionalGeneration``: what ``google/gemma-4-E2B-it`` and the other
+    E-series downloads are) as a folder SGLang serves with its text class.
+
+    ``dst/config.json`` is the checkpoint's ``text_config`` with the text class as its
+    architecture (and the checkpoint's dtype); every other file of ``src`` (weights,
+    tokenizer, chat template, generation config) is linked, not copied: SGLang's text
+    classes read the ``model.language_model.*`` weights and skip the vision and audio
+    ones (``models/gemma4_causal.py:1229``, ``gemma3n_causal.py:978``). ValueError for a
+    folder that is not a multimodal Gemma checkpoint."""
+    src, dst = Path(src).resolve(), Path(dst)
+    cfg = json.loads((src / "config.json").read_text())
+    kind = family(cfg)
+    if kind is None or cfg.get("model_type") not in WRAPPER_TYPES:
+        raise ValueError(f"{src} is not a multimodal Gemma 3n / 4 checkpoint "
+                         f"(model_type {cfg.get('model_type')!r})")
+    text = dict(cfg["text_config"])
+    text["architectures"] = [TEXT_CLASSES[kind]]
+    for key in ("dtype", "torch_dtype"):
+        if key in cfg and key not in text:
+            text[key] = cfg[key]
+    dst.mkdir(parents=True, exist_ok=True)
+    (dst / "config.json").write_text(json.dumps(text, indent=2))
+    for f in src.iterdir():
+        link = dst / f.name
+        if f.name != "config.json" and not link.exists():
+            link.symlink_to(f)
+    return dst
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(
+        prog="python -m sglang_mixkv.gemma",
+        description="Write the text model of a multimodal Gemma 3n / 4 checkpoint (e.g. a "
+        "download of google/gemma-4-E2B-it) as a folder `serve --model-path` takes: its "
+        "text_config and links to its files.")
+    ap.add_argument("src", help="the downloaded checkpoint folder")
+    ap.add_argument("dst", help="the text folder to write")
+    a = ap.parse_args(argv)
+    try:
+        out = write_text_folder(a.src, a.dst)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"text model of {a.src}: {out} (serve it: python -m sglang_mixkv.serve "
+          f"--model-path {out})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

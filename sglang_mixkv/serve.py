@@ -98,6 +98,12 @@ def build_command(args: argparse.Namespace, sglang_flags: list[str]) -> tuple[li
     weights = args.weights == "random" or (args.weights == "auto" and size.name == "tiny")
     existing = Path(args.model_path) / "config.json" if args.model_path else None
     if existing is not None and existing.exists() and gemma.family(json.loads(existing.read_text())):
+        if json.loads(existing.read_text()).get("model_type") in gemma.WRAPPER_TYPES:
+            raise ValueError(
+                f"{args.model_path} is a multimodal Gemma checkpoint; serve its text model "
+                f"(SGLang's {'/'.join(gemma.TEXT_CLASSES.values())}, verified against "
+                f"transformers): python -m sglang_mixkv.gemma {args.model_path} TEXT_DIR, then "
+                "--model-path TEXT_DIR")
         if args.plan is not None or args.adakv_budget is not None:
             raise ValueError(f"{args.model_path} is a Gemma 3n/4 folder: its plan comes from its "
                              "config (layer_types, num_kv_shared_layers); --plan and Ada-KV "

@@ -6,7 +6,10 @@ Tiny random text folders written by transformers (:func:`mixkv_bench.gemma.write
 soft-capping and per-layer inputs on; Gemma 4 with a global head dim twice the sliding
 one and proportional partial RoPE on full layers, Gemma 3n with AltUp, LAuReL and
 activation sparsity on layer 0. Gemma 4 runs on triton through Triton's interpreter
-(SGLang allows no other backend for it), Gemma 3n on torch_native.
+(SGLang allows no other backend for it), Gemma 3n on torch_native. A multimodal Gemma 4
+checkpoint (``Gemma4ForConditionalGeneration``, the class of the published downloads)
+is served through the text folder ``python -m sglang_mixkv.gemma`` writes, against
+transformers' multimodal model.
 
 Tolerance: both sides compute in float32 and differ only in kernels and reduction order,
 measured at most 1.4e-6 on every logprob; 1e-4 keeps room for that and still catches a
@@ -22,12 +25,15 @@ import pytest
 import torch
 
 from mixkv_bench import gemma
+from sglang_mixkv import gemma as sglang_gemma
 from sglang_mixkv import kv_math
 from tests.helpers.serving import start_server
 
 pytestmark = pytest.mark.server
 
 FAMILIES = ["gemma4", "gemma3n"]
+#: a multimodal Gemma 4 checkpoint (the published class) through ``python -m sglang_mixkv.gemma``
+MULTIMODAL = "gemma4-multimodal"
 W, CHUNK, RUNNING, BUDGET = 8, 32, 4, 64 * 2**20
 ARGS = ["--kv-budget", str(BUDGET), "--max-running-requests", str(RUNNING),
         "--chunked-prefill-size", str(CHUNK)]
@@ -47,12 +53,19 @@ STOCK = {"gemma4": (int(BUDGET / (2 * 256 + 0.8 * 4 * 128)), int(int(BUDGET / 92
          "gemma3n": (BUDGET // (6 * 256), None)}
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
+@pytest.fixture(scope="module", params=FAMILIES + [MULTIMODAL])
 def served(request, tmp_path_factory):
+    """``(family, server, reference)``; the multimodal checkpoint is served through its
+    text folder and held to transformers' ``Gemma4ForConditionalGeneration`` on it."""
     family = request.param
-    folder = gemma.write_tiny(tmp_path_factory.mktemp("gemma") / family, family, seed=3)
-    server = start_server(["--model-path", str(folder), *ARGS], log=folder / "server.log")
-    yield family, server, gemma.TransformersReference(folder)
+    root = tmp_path_factory.mktemp("gemma")
+    if family == MULTIMODAL:
+        checkpoint = gemma.write_tiny_multimodal(root / "checkpoint", seed=3)
+        folder = sglang_gemma.write_text_folder(checkpoint, root / "text")
+    else:
+        checkpoint = folder = gemma.write_tiny(root / family, family, seed=3)
+    server = start_server(["--model-path", str(folder), *ARGS], log=root / "server.log")
+    yield family.split("-")[0], server, gemma.TransformersReference(checkpoint)
     server.stop()
 
 

@@ -132,3 +132,30 @@ def test_serve_refuses_a_folder_it_cannot_plan(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 2}))
     r = _dry_run(["--model-path", str(tmp_path)])
     assert r.returncode == 2 and "neither a MixAttention folder" in r.stderr
+
+
+def test_a_multimodal_checkpoint_is_served_through_its_text_folder(tmp_path):
+    """``serve`` names the way to the text model; ``python -m sglang_mixkv.gemma`` writes it
+    (the text config with SGLang's text class, every other file linked) and refuses a
+    folder that is not a multimodal Gemma checkpoint."""
+    src = tmp_path / "gemma-4-E2B-it"
+    src.mkdir()
+    text = dict(model_type="gemma4_text", num_hidden_layers=3, layer_types=[S, F, S],
+                num_kv_shared_layers=1, sliding_window=8)
+    (src / "config.json").write_text(json.dumps(
+        {"model_type": "gemma4", "architectures": ["Gemma4ForConditionalGeneration"],
+         "dtype": "bfloat16", "text_config": text}))
+    (src / "model.safetensors").write_bytes(b"weights")
+    r = _dry_run(["--model-path", str(src)])
+    assert r.returncode == 2 and f"python -m sglang_mixkv.gemma {src}" in r.stderr
+    dst = tmp_path / "text"
+    r = subprocess.run([sys.executable, "-m", "sglang_mixkv.gemma", str(src), str(dst)],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((dst / "config.json").read_text())
+    assert cfg["architectures"] == ["Gemma4ForCausalLM"] and cfg["dtype"] == "bfloat16"
+    assert (dst / "model.safetensors").resolve() == (src / "model.safetensors").resolve()
+    assert _dry_run(["--model-path", str(dst)]).returncode == 0
+    r = subprocess.run([sys.executable, "-m", "sglang_mixkv.gemma", str(dst), str(tmp_path / "x")],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and "not a multimodal Gemma" in r.stderr
