@@ -183,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         "the last prompt token's on) against transformers' forward of the same folder.", "",
         pd.DataFrame(verification)[cols].to_markdown(index=False, floatfmt=".2g"), "",
         "## Pools at the same KV budget: the formula and the server", "",
-        pd.DataFrame(pool_rows).to_markdown(index=False, floatfmt=".4f"), "",
+        pd.DataFrame(pool_rows).astype({"local tokens: formula": "Int64",
+                                        "local tokens: server": "Int64"})
+        .to_markdown(index=False, floatfmt=".4f"), "",
         "## Published shapes (formula; bf16 weights and KV, mem fraction 0.85, requests of "
         "31K + 1K tokens)", "",
         "Weights: the text model's parameters, counted on transformers' model (per-layer "

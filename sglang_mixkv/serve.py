@@ -147,8 +147,7 @@ def build_command(args: argparse.Namespace, sglang_flags: list[str]) -> tuple[li
             flags += [name] if value is None else [name, value]
 
     env = {**launch.flashinfer_env(plan, flags), **extra_env}
-    if family is None:  # fast prefill is built into MixAttention folders only
-        flags = launch.fast_prefill_flags(plan, flags, args.fast_prefill, gpu)
+    flags = launch.fast_prefill_flags(plan, flags, args.fast_prefill, gpu)
     ada = adakv_config(args, plan, cfg)
     if ada is not None and gpu and not launch.flag_given(flags, "--disable-cuda-graph"):
         print("sglang-mixkv: Ada-KV: CUDA graphs off (a captured decode replays fixed index "

@@ -16,6 +16,8 @@ None); every other model passes through them unchanged.
   like its extend, and builds no window lists for plans without local layers;
 - :mod:`.mixkv.fast_prefill`: which rows of an extend batch the consumer-only tail
   computes, the narrowed batch it attends with, which chunks are a request's last;
+- :mod:`.mixkv.gemma_tail`: the same for SGLang's Gemma 3n / 4 text models (their
+  KV-shared tail on those rows);
 - :mod:`.mixkv.adakv`: Ada-KV's per-head budgets: private requests in the radix cache,
   scoring and compaction after the prompt, freeing, decode over the kept cells.
 
@@ -53,7 +55,7 @@ class Hook(NamedTuple):
 
 def hooks(cuda: bool) -> list[Hook]:
     """Every hook this plugin installs (``cuda``: whether torch sees a GPU)."""
-    from sglang_mixkv.sglang_seams.mixkv import adakv, fast_prefill, pools, radix
+    from sglang_mixkv.sglang_seams.mixkv import adakv, fast_prefill, gemma_tail, pools, radix
     from sglang_mixkv.sglang_seams.patches import admin_auth as auth
     from sglang_mixkv.sglang_seams.patches import crash_fixes as fix
     from sglang_mixkv.sglang_seams.patches import gemma
@@ -68,6 +70,10 @@ def hooks(cuda: bool) -> list[Hook]:
         Hook(radix.RADIX_FACTORY, radix.radix_cache_factory, "AROUND"),
         Hook(radix.EVICT_SWA, radix.evict_swa_then_release, "AROUND"),
         Hook(fast_prefill.INIT_NEW, fast_prefill.mark_last_chunks, "AFTER"),
+        *(Hook(target, gemma_tail.text_model_on_tail_rows, "AROUND")
+          for target in gemma_tail.TEXT_MODELS),
+        *(Hook(target, gemma_tail.tail_layer_on_rows, "AROUND")
+          for target in gemma_tail.DECODER_LAYERS),
         Hook(adakv.INIT_NEW, adakv.remember_batch, "AFTER"),
         Hook(adakv.MAX_PREFIX, adakv.max_prefix_len, "AROUND"),
         Hook(adakv.RESET_RETRACT, adakv.drop_on_retract, "AFTER"),

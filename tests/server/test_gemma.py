@@ -19,6 +19,7 @@ stock triton decode window (0.13 on Gemma 4).
 
 from __future__ import annotations
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -64,9 +65,23 @@ def served(request, tmp_path_factory):
         folder = sglang_gemma.write_text_folder(checkpoint, root / "text")
     else:
         checkpoint = folder = gemma.write_tiny(root / family, family, seed=3)
-    server = start_server(["--model-path", str(folder), *ARGS], log=root / "server.log")
+    server = start_server(["--model-path", str(folder), *ARGS], log=root / "server.log",
+                          env={"MIXKV_FAST_PREFILL_LOG": "1"})
     yield family.split("-")[0], server, gemma.TransformersReference(checkpoint)
     server.stop()
+
+
+FAST = re.compile(r"mixkv fast prefill: tail layers (\d+)-(\d+) ran on (\d+) of (\d+) rows")
+
+
+def fast_lines(server, since: int) -> list[tuple[int, int]]:
+    """(rows the shared tail ran on, rows in the batch) of each fast-path forward logged
+    after character ``since`` of the server log."""
+    return [(int(m[2]), int(m[3])) for m in FAST.findall(server.log_text()[since:])]
+
+
+def chunks(n: int) -> list[int]:
+    return [CHUNK] * ((n - 1) // CHUNK) + [n - CHUNK * ((n - 1) // CHUNK)]
 
 
 def prompt(n: int, seed: int) -> list[int]:
@@ -106,6 +121,35 @@ def test_radix_hit_matches_transformers(served):
     second = first + prompt(12, seed=12)
     meta = check(server, ref, second, new=6, start=len(second) - 1)
     assert meta["cached_tokens"] > 0
+
+
+def test_fast_prefill_runs_the_shared_tail_on_the_rows_read(served):
+    """The KV-shared tail runs on the rows the logits processor reads, exact: with output
+    logprobs one row per chunk; with none, no row of a middle chunk; with the last five
+    prompt logprobs, five rows."""
+    _, server, ref = served
+    ids = prompt(3 * CHUNK + 17, seed=21)
+    for start, new, want in ((-1, 6, [(1, c) for c in chunks(len(ids))]),
+                             (len(ids) - 5, 4, [(1, CHUNK)] * 3 + [(5, 17)])):
+        server.post("/flush_cache", {})
+        mark = len(server.log_text())
+        check(server, ref, ids, new=new, start=start)
+        assert fast_lines(server, mark)[:4] == want
+    server.post("/flush_cache", {})
+    mark = len(server.log_text())
+    r = server.post("/generate", {"input_ids": ids, "sampling_params": {
+        "max_new_tokens": 5, "temperature": 0, "ignore_eos": True}})
+    assert r.json()["output_ids"] == ref.greedy(ids, 5)[0]
+    assert fast_lines(server, mark)[:4] == [(0, CHUNK)] * 3 + [(1, 17)]
+
+
+def test_fast_prefill_batches_concurrent_requests(served):
+    _, server, ref = served
+    prompts = [prompt(n, seed=100 + n) for n in (9, 40, 70)]
+    with ThreadPoolExecutor(3) as pool:
+        outs = list(pool.map(lambda ids: server.generate(ids, 5, logprob_start_len=-1), prompts))
+    for ids, out in zip(prompts, outs):
+        assert out["output_ids"] == ref.greedy(ids, 5)[0]
 
 
 def test_pools_hold_the_producer_layers_only(served):
