@@ -13,7 +13,7 @@ never typed in:
     .venv/bin/python scripts/readme_results.py results/bench-cpu results/shared-prefix-cpu \
         results/bench-adakv-cpu results/capacity-cpu results/capacity-adakv-cpu \
         results/fast-prefill-cpu results/adakv-overhead-cpu results/external-clients \
-        results/soak-cpu --roofline --adakv
+        results/soak-cpu results/gemma-cpu --roofline --adakv
 """
 
 from __future__ import annotations

@@ -47,6 +47,9 @@ SKIP = [
     (r"(--size|--model) paper\b.*sglang_mixkv\.serve|sglang_mixkv\.serve.*(--size|--model) paper\b",
      "the paper size (2B parameters) is served on a GPU only"),
     (r"\bnvidia-smi\b|--gpus\b", "needs a GPU"),
+    (r"^hf download\b", "downloads a gated checkpoint (the Gemma license) from Hugging Face"),
+    (r"sglang_mixkv\.(gemma|serve)\b.*gemma-[34]-", "needs a downloaded Gemma checkpoint; "
+     "tests/server/test_gemma.py serves tiny ones written by transformers"),
 ]
 SERVER = re.compile(r"sglang_mixkv\.(serve|router)\b|scripts/serve\.sh\b")
 CLIENT = re.compile(r"^(curl|\S*python\S* -m harness)\b")
