@@ -24,7 +24,7 @@ $(VENV)/.mixkv-setup-ok: scripts/setup.sh scripts/sitecustomize.py scripts/requi
 # worker): a real SGLang server is single-threaded here, so two cores run two.
 PYTEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope --durations=15 $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not server" $(PYTEST_ARGS)

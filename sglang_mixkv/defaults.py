@@ -42,6 +42,7 @@ CPU_KV_BUDGET = "1GiB"
 #: ``--chunked-prefill-size``; the user's flags win.
 SERVE_DEFAULTS: dict[str, dict[str, str]] = {
     "tiny": {"--max-running-requests": "32", "--chunked-prefill-size": "256"},
+    "recall": {"--max-running-requests": "32", "--chunked-prefill-size": "256"},
     "paper": {"--max-running-requests": "300", "--chunked-prefill-size": "8192"},
 }
 

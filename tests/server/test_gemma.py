@@ -54,11 +54,12 @@ STOCK = {"gemma4": (int(BUDGET / (2 * 256 + 0.8 * 4 * 128)), int(int(BUDGET / 92
          "gemma3n": (BUDGET // (6 * 256), None)}
 
 
-@pytest.fixture(scope="module", params=FAMILIES + [MULTIMODAL])
+@pytest.fixture(scope="class")
 def served(request, tmp_path_factory):
-    """``(family, server, reference)``; the multimodal checkpoint is served through its
-    text folder and held to transformers' ``Gemma4ForConditionalGeneration`` on it."""
-    family = request.param
+    """``(family, server, reference)`` of the test class's folder; the multimodal
+    checkpoint is served through its text folder and held to transformers'
+    ``Gemma4ForConditionalGeneration`` on it."""
+    family = request.cls.family
     root = tmp_path_factory.mktemp("gemma")
     if family == MULTIMODAL:
         checkpoint = gemma.write_tiny_multimodal(root / "checkpoint", seed=3)
@@ -104,64 +105,82 @@ def check(server, ref: gemma.TransformersReference, ids: list[int], new: int = 1
     return meta
 
 
-@pytest.mark.parametrize("n", [5, 45])
-def test_prompt_and_decode_match_transformers(served, n):
-    """Within one window, and a prompt of several windows in two chunks with decode past
-    the window: greedy tokens equal, every prompt and output logprob within 1e-4."""
-    _, server, ref = served
-    check(server, ref, prompt(n, seed=n))
+class GemmaChecks:
+    """The checks every served folder passes; one class per folder below, so pytest-xdist
+    (``--dist loadscope``) runs the three servers' checks on different workers."""
+
+    family = ""
+
+    @pytest.mark.parametrize("n", [5, 45])
+    def test_prompt_and_decode_match_transformers(self, served, n):
+        """Within one window, and a prompt of several windows in two chunks with decode past
+        the window: greedy tokens equal, every prompt and output logprob within 1e-4."""
+        _, server, ref = served
+        check(server, ref, prompt(n, seed=n))
 
 
-def test_radix_hit_matches_transformers(served):
-    """A prompt that extends a cached one reuses its prefix and still matches."""
-    _, server, ref = served
-    server.post("/flush_cache", {})
-    first = prompt(40, seed=11)
-    check(server, ref, first, new=2)
-    second = first + prompt(12, seed=12)
-    meta = check(server, ref, second, new=6, start=len(second) - 1)
-    assert meta["cached_tokens"] > 0
+    def test_radix_hit_matches_transformers(self, served):
+        """A prompt that extends a cached one reuses its prefix and still matches."""
+        _, server, ref = served
+        server.post("/flush_cache", {})
+        first = prompt(40, seed=11)
+        check(server, ref, first, new=2)
+        second = first + prompt(12, seed=12)
+        meta = check(server, ref, second, new=6, start=len(second) - 1)
+        assert meta["cached_tokens"] > 0
 
 
-def test_fast_prefill_runs_the_shared_tail_on_the_rows_read(served):
-    """The KV-shared tail runs on the rows the logits processor reads, exact: with output
-    logprobs one row per chunk; with none, no row of a middle chunk; with the last five
-    prompt logprobs, five rows."""
-    _, server, ref = served
-    ids = prompt(3 * CHUNK + 17, seed=21)
-    for start, new, want in ((-1, 6, [(1, c) for c in chunks(len(ids))]),
-                             (len(ids) - 5, 4, [(1, CHUNK)] * 3 + [(5, 17)])):
+    def test_fast_prefill_runs_the_shared_tail_on_the_rows_read(self, served):
+        """The KV-shared tail runs on the rows the logits processor reads, exact: with output
+        logprobs one row per chunk; with none, no row of a middle chunk; with the last five
+        prompt logprobs, five rows."""
+        _, server, ref = served
+        ids = prompt(3 * CHUNK + 17, seed=21)
+        for start, new, want in ((-1, 6, [(1, c) for c in chunks(len(ids))]),
+                                 (len(ids) - 5, 4, [(1, CHUNK)] * 3 + [(5, 17)])):
+            server.post("/flush_cache", {})
+            mark = len(server.log_text())
+            check(server, ref, ids, new=new, start=start)
+            assert fast_lines(server, mark)[:4] == want
         server.post("/flush_cache", {})
         mark = len(server.log_text())
-        check(server, ref, ids, new=new, start=start)
-        assert fast_lines(server, mark)[:4] == want
-    server.post("/flush_cache", {})
-    mark = len(server.log_text())
-    r = server.post("/generate", {"input_ids": ids, "sampling_params": {
-        "max_new_tokens": 5, "temperature": 0, "ignore_eos": True}})
-    assert r.json()["output_ids"] == ref.greedy(ids, 5)[0]
-    assert fast_lines(server, mark)[:4] == [(0, CHUNK)] * 3 + [(1, 17)]
+        r = server.post("/generate", {"input_ids": ids, "sampling_params": {
+            "max_new_tokens": 5, "temperature": 0, "ignore_eos": True}})
+        assert r.json()["output_ids"] == ref.greedy(ids, 5)[0]
+        assert fast_lines(server, mark)[:4] == [(0, CHUNK)] * 3 + [(1, 17)]
 
 
-def test_fast_prefill_batches_concurrent_requests(served):
-    _, server, ref = served
-    prompts = [prompt(n, seed=100 + n) for n in (9, 40, 70)]
-    with ThreadPoolExecutor(3) as pool:
-        outs = list(pool.map(lambda ids: server.generate(ids, 5, logprob_start_len=-1), prompts))
-    for ids, out in zip(prompts, outs):
-        assert out["output_ids"] == ref.greedy(ids, 5)[0]
+    def test_fast_prefill_batches_concurrent_requests(self, served):
+        _, server, ref = served
+        prompts = [prompt(n, seed=100 + n) for n in (9, 40, 70)]
+        with ThreadPoolExecutor(3) as pool:
+            outs = list(pool.map(lambda ids: server.generate(ids, 5, logprob_start_len=-1), prompts))
+        for ids, out in zip(prompts, outs):
+            assert out["output_ids"] == ref.greedy(ids, 5)[0]
 
 
-def test_pools_hold_the_producer_layers_only(served):
-    """The server's pools are what producers-only buffers give at 64 MiB (above), and the
-    buffers it allocated add up to the budget (with a buffer for every layer they would
-    be about twice as large)."""
-    family, server, _ = served
-    info = server.get("/server_info").json()
-    usage = info["internal_states"][0]["memory_usage"]
-    assert (info["max_total_num_tokens"], usage["token_capacity_swa"]) == OURS[family]
-    assert abs(usage["kvcache"] - BUDGET / 2**30) <= 0.002
-    assert "MixKV pools for plan" in server.log_text()
+    def test_pools_hold_the_producer_layers_only(self, served):
+        """The server's pools are what producers-only buffers give at 64 MiB (above), and the
+        buffers it allocated add up to the budget (with a buffer for every layer they would
+        be about twice as large)."""
+        family, server, _ = served
+        info = server.get("/server_info").json()
+        usage = info["internal_states"][0]["memory_usage"]
+        assert (info["max_total_num_tokens"], usage["token_capacity_swa"]) == OURS[family]
+        assert abs(usage["kvcache"] - BUDGET / 2**30) <= 0.002
+        assert "MixKV pools for plan" in server.log_text()
+
+
+class TestGemma4(GemmaChecks):
+    family = "gemma4"
+
+
+class TestGemma3n(GemmaChecks):
+    family = "gemma3n"
+
+
+class TestGemma4Multimodal(GemmaChecks):
+    family = MULTIMODAL
 
 
 def test_stock_pools_hold_every_layer(tmp_path):

@@ -47,6 +47,9 @@ SKIP = [
     (r"(--size|--model) paper\b.*sglang_mixkv\.serve|sglang_mixkv\.serve.*(--size|--model) paper\b",
      "the paper size (2B parameters) is served on a GPU only"),
     (r"\bnvidia-smi\b|--gpus\b", "needs a GPU"),
+    (r"\bmixkv_bench\.train\b", "trains for up to 20 minutes; tests/server/test_train.py "
+     "trains a few dozen steps and serves the folder"),
+    (r"sglang_mixkv\.serve\b.*models/recall-", "needs a trained folder (the command above)"),
     (r"^hf download\b", "downloads a gated checkpoint (the Gemma license) from Hugging Face"),
     (r"sglang_mixkv\.(gemma|serve)\b.*gemma-[34]-", "needs a downloaded Gemma checkpoint; "
      "tests/server/test_gemma.py serves tiny ones written by transformers"),

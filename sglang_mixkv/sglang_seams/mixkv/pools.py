@@ -9,12 +9,12 @@ within one window) - and the rest of the budget goes to the global pool
 (:func:`sglang_mixkv.kv_math.pool_split`).
 
 Which layers get a buffer: SGLang builds the hybrid pool from two layer-id lists
-(``configs/model_config.py:2048-2136``, ``get_hybrid_layer_ids``). Our folders list
+(``configs/model_config.py:2029-2140``, ``get_hybrid_layer_ids``). Our folders list
 producers only (``hybrid_layer_pattern``), but Gemma 4's branch lists every layer by
-``layer_types``, the KV-shared tail included (``:2090-2102``), so SGLang allocates
+``layer_types``, the KV-shared tail included (``:2078-2092``), so SGLang allocates
 buffers no layer writes. An AROUND hook answers with the plan's producers for every
 planned model (:func:`producer_layer_ids`). Gemma 3n is no hybrid model in SGLang
-(``model_config.py:1988-2010``, and ``arg_groups/overrides.py:848-861`` turns hybrid SWA
+(``model_config.py:1988-2027``, and ``arg_groups/overrides.py:848-861`` turns hybrid SWA
 memory off for it): the hooks on ``is_hybrid_swa_model`` and
 ``ModelConfig._derive_hybrid_model`` make it one, so its sliding layers get the
 window-bounded pool too.

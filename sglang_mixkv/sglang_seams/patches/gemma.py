@@ -99,7 +99,7 @@ SOFTCAP = "sglang.srt.layers.logits_processor.fused_softcap"
 
 def softcap_cpu_tensors(original: Callable, logits: Any, cap: float) -> Any:
     """AROUND hook on the logits processor's ``fused_softcap`` (Triton,
-    ``kernels/ops/activation/softcap.py:69-118``): CPU logits get ``cap * tanh(x / cap)``
+    ``kernels/ops/activation/softcap.py:71-119``): CPU logits get ``cap * tanh(x / cap)``
     in place with torch, the formula of SGLang's own CPU branch
     (``layers/logits_processor.py:744-750``). Triton's interpreter has no
     ``libdevice.tanh`` (it returns None), and SGLang takes the Triton branch whenever
