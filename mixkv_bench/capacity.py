@@ -132,9 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
     df = pd.DataFrame(rows)
-    if a.csv:
-        Path(a.csv).parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(a.csv, index=False)
+    write_csv(df, a.csv)
     if a.png:
         plot_max_tokens(df, a.png, f"{size.name} size, {a.gpu_mem} x {a.mem_fraction}")
     if a.json:
@@ -144,6 +142,13 @@ def main(argv: list[str] | None = None) -> int:
         print(shown.to_markdown(index=False, intfmt=","))
         print(f"\nmodel {size.name}: {json.dumps(asdict(size))}")
     return 0
+
+
+def write_csv(df, path: str | None) -> None:
+    """``--csv``: the table as CSV, its folder created (nothing without a path)."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(path, index=False)
 
 
 def gemma_table(a: argparse.Namespace) -> int:
@@ -157,9 +162,7 @@ def gemma_table(a: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     df = pd.DataFrame(rows)
-    if a.csv:
-        Path(a.csv).parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(a.csv, index=False)
+    write_csv(df, a.csv)
     if a.json:
         print(json.dumps(rows, indent=2))
     else:

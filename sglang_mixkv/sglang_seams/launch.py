@@ -176,7 +176,7 @@ def adakv_flags(cfg, flags: list[str], gpu: bool) -> list[str]:
 def gemma_defaults(family: str, gpu: bool, flags: list[str]) -> tuple[dict[str, str | None], dict]:
     """Defaults (flags, environment) for serving a Gemma 3n / 4 folder.
 
-    SGLang 0.5.17 serves Gemma 4 with the triton or trtllm_mha backend only
+    SGLang 0.5.17 serves Gemma 4 with the triton, trtllm_mha or intel_xpu backend only
     (``server_args.py:5452-5466``); on a machine without a GPU triton's kernels run in
     Triton's interpreter (``TRITON_INTERPRET=1``: exact, slow), without CUDA graphs.
     Gemma 3n takes any backend: torch_native on CPU, as for our folders."""
@@ -184,7 +184,7 @@ def gemma_defaults(family: str, gpu: bool, flags: list[str]) -> tuple[dict[str, 
         return {}, {}
     backend = flag_value(flags, "--attention-backend")
     if backend not in (None, "triton"):
-        raise ValueError(f"Gemma 4 on SGLang 0.5.17 runs on the triton (or trtllm_mha) backend "
+        raise ValueError(f"Gemma 4 on SGLang 0.5.17 runs on triton, trtllm_mha or intel_xpu "
                          f"only, not {backend}; on CPU triton runs in Triton's interpreter")
     return ({"--attention-backend": "triton", "--disable-cuda-graph": None},
             {"TRITON_INTERPRET": "1"})
