@@ -61,9 +61,11 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 from mixkv_bench import variants
+from mixkv_bench.gemma import PUBLISHED, source_of
 from sglang_mixkv import kv_math as cap
 from sglang_mixkv import plan as plans
 from sglang_mixkv.defaults import parse_bytes, serve_default
@@ -428,38 +430,46 @@ def level_bound(size: ModelSize, spec: str, hw: Hardware, wl: Workload, level: i
 
     variant = variants.parse(spec)
     plan = variant.resolve(size.num_layers)
-    n, i_len, o_len = wl.num_prompts, wl.input_len, wl.output_len
+    i_len, o_len = wl.input_len, wl.output_len
     ada = variant.compression(i_len, serving.page)
     admits = pool_admitted(size, plan, serving, i_len + o_len, ada)
+    one, forwards = prefill_cost(size, plan, i_len, chunk=serving.chunk, opts=opts)
+    one = one + adakv_prefill_cost(size, plan, i_len, ada)
+    spans = mean_spans(plan, i_len + 1, o_len - 1, size.window)
+    if ada is not None and ada.compresses:  # global layers read the kept prompt + outputs
+        dropped = i_len - ada.global_slots(i_len)
+        spans = [s - dropped if k == GLOBAL else s for s, k in zip(spans, plan.kinds)]
+    return bound(spec, level, hw, wl, serving, admits=admits, prefill_one=one, forwards=forwards,
+                 weights=streamed_weight_bytes(size, plan),
+                 step=lambda batch: decode_step_cost(size, plan, batch, spans, opts=opts))
+
+
+def bound(label: str, level: int, hw: Hardware, wl: Workload, serving: Serving, *, admits: int,
+          prefill_one: Cost, forwards: int, weights: float,
+          step: Callable[[int], Cost]) -> LevelBound:
+    """The level's bound from a model's costs: ``prefill_one`` (one prompt's prefill
+    without weights, in ``forwards`` chunk forwards alone), ``weights`` (bytes a forward
+    streams) and ``step(batch)`` (one decode step at mean spans, weights included), with
+    the pools holding ``admits`` requests."""
+    n, i_len, o_len = wl.num_prompts, wl.input_len, wl.output_len
     limits = [("level", level), ("prompts", n), ("max-running", serving.max_running),
               ("kv-pool", admits)]
     limited_by, running = min(limits, key=lambda kv: kv[1])  # first of equals wins
     running = max(running, 1)  # a pool that holds none still runs one at a time (or fails)
-    weights = streamed_weight_bytes(size, plan)
-
-    one, forwards = prefill_cost(size, plan, i_len, chunk=serving.chunk, opts=opts)
-    one = one + adakv_prefill_cost(size, plan, i_len, ada)
-    alone = one + Cost(0, forwards * weights)
-    prefill = one * n + Cost(0, math.ceil(n * i_len / serving.chunk) * weights)
-
+    alone = prefill_one + Cost(0, forwards * weights)
+    prefill = prefill_one * n + Cost(0, math.ceil(n * i_len / serving.chunk) * weights)
     steps_per_req = o_len - 1
-    spans = mean_spans(plan, i_len + 1, steps_per_req, size.window)
-    if ada is not None and ada.compresses:  # global layers read the kept prompt + outputs
-        dropped = i_len - ada.global_slots(i_len)
-        spans = [s - dropped if k == GLOBAL else s for s, k in zip(spans, plan.kinds)]
-    step = decode_step_cost(size, plan, running, spans, opts=opts)
-    decode_steps = n * steps_per_req / running
-    decode_s = decode_steps * step.time(hw)
+    batch_step = step(running)
+    decode_s = n * steps_per_req / running * batch_step.time(hw)
     prefill_s = prefill.time(hw)
     duration = prefill_s + decode_s
-    per_req = decode_step_cost(size, plan, 1, spans, opts=opts).bytes - weights
     return LevelBound(
-        plan=spec, level=level, running=running, limited_by=limited_by, pool_admits=admits,
+        plan=label, level=level, running=running, limited_by=limited_by, pool_admits=admits,
         prefill_s=prefill_s, prefill_bound=prefill.bound(hw), decode_s=decode_s,
-        decode_bound=step.bound(hw) if steps_per_req else "-", duration_s=duration,
+        decode_bound=batch_step.bound(hw) if steps_per_req else "-", duration_s=duration,
         output_tok_per_s=n * o_len / duration, ttft_ms=alone.time(hw) * 1e3,
-        tpot_ms=step.time(hw) * 1e3 if steps_per_req else 0.0, prefill_flops=prefill.flops,
-        decode_bytes_per_step=step.bytes, kv_bytes_per_request_step=per_req,
+        tpot_ms=batch_step.time(hw) * 1e3 if steps_per_req else 0.0, prefill_flops=prefill.flops,
+        decode_bytes_per_step=batch_step.bytes, kv_bytes_per_request_step=step(1).bytes - weights,
     )
 
 
@@ -532,7 +542,9 @@ def main(argv: list[str] | None = None) -> int:
                     "plan strings, optionally @adakv=B)")
     ap.add_argument("--adakv-budget", type=int, help="Ada-KV budget for every plan listed without "
                     "its own: decode reads the kept prompt + outputs; prefill adds the scoring")
-    ap.add_argument("--model", default="paper", choices=list(SIZES))
+    ap.add_argument("--model", default="paper", choices=list(SIZES) + list(PUBLISHED),
+                    help="our model's size, or a published Gemma E-series shape (stock SGLang's "
+                    "pools and prefill beside ours; --plans does not apply)")
     ap.add_argument("--workload", default="paper", choices=list(WORKLOADS))
     ap.add_argument("--num-prompts", type=int)
     ap.add_argument("--input-len", type=int)
@@ -553,13 +565,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="each producer's K/V read once per decode step (an ideal kernel)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
+    if a.model in PUBLISHED:
+        return gemma_main(a)
     size = get_size(a.model)
     specs = [v.label if v.adakv_budget or not a.adakv_budget else f"{v.label}@adakv={a.adakv_budget}"
              for v in variants.parse_list(a.plans)]
-    base = WORKLOADS[a.workload]
-    wl = Workload(a.num_prompts or base.num_prompts, a.input_len or base.input_len,
-                  a.output_len or base.output_len,
-                  tuple(int(x) for x in a.concurrency.split(",")) if a.concurrency else base.concurrency)
+    wl = workload_from_args(a)
     try:
         for s in specs:
             variants.parse(s).resolve(size.num_layers)
@@ -580,6 +591,40 @@ def main(argv: list[str] | None = None) -> int:
           f"{wl.output_len} out\n")
     print(table(df).to_markdown(index=False, floatfmt=".4g"))
     print("\n" + "\n".join(f"- {x}" for x in assumptions(hw, opts)))
+    return 0
+
+
+def workload_from_args(a: argparse.Namespace) -> Workload:
+    base = WORKLOADS[a.workload]
+    return Workload(a.num_prompts or base.num_prompts, a.input_len or base.input_len,
+                    a.output_len or base.output_len,
+                    tuple(int(x) for x in a.concurrency.split(",")) if a.concurrency
+                    else base.concurrency)
+
+
+def gemma_main(a: argparse.Namespace) -> int:
+    """``--model gemma-*``: stock SGLang 0.5.17 beside ours for a published shape."""
+    from mixkv_bench import gemma_roofline as gr
+
+    wl = workload_from_args(a)
+    try:
+        if a.gpu.lower() == "this":
+            raise ValueError("--gpu this measures our own model's sizes; give a GPU for Gemma")
+        hw = gpu(a.gpu).achieving(a.flops_fraction, a.bw_fraction)
+        df = gr.sweep(a.model, hw, wl, a.mem_fraction, a.max_running)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if a.json:
+        print(json.dumps({"model": a.model, "workload": asdict(wl), "hardware": asdict(hw),
+                          "assumptions": gr.assumptions(hw), "levels": df.to_dict("records")},
+                         indent=1))
+        return 0
+    print(f"Roofline lower bound: {a.model}, {wl.num_prompts} prompts x {wl.input_len} in / "
+          f"{wl.output_len} out\n")
+    print(gr.table(df).to_markdown(index=False, floatfmt=".4g"))
+    print("\n" + "\n".join(f"- {x}" for x in gr.assumptions(hw)))
+    print(f"- shape: {source_of(a.model)}")
     return 0
 
 
