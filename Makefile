@@ -4,11 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup test test-fast bench capacity serve clean help
+.PHONY: setup test test-fast bench capacity quality serve clean help
 
 help:
 	@echo "make bench     serve each variant, run the harness sweep, write results/<run>/"
 	@echo "make capacity  max-token capacity per variant: formula, allocated pool, measured"
+	@echo "make quality   recall of the trained checkpoints through the endpoint, per plan and budget"
 	@echo "make test      set up .venv, then run the test suite"
 	@echo "make serve     PLAN=ma-offset SIZE=tiny: serve one variant on PORT (30000)"
 
@@ -57,6 +58,14 @@ bench: setup
 
 capacity: setup
 	$(PY) -m sglang_mixkv.bench --capacity-only $(BENCH_FLAGS)
+
+# Knobs: PLANS=ma,ma@adakv=48 (default: every trained folder in QUALITY_MODELS),
+#   CONTEXTS=64,128  SEQUENCES=64  CHECK=16  OUT=results/quality-x
+QUALITY_MODELS ?= results/quality/models
+QUALITY_FLAGS = $(call knob,PLANS,--plans) $(call knob,CONTEXTS,--contexts) \
+	$(call knob,SEQUENCES,--sequences) $(call knob,CHECK,--check) $(call knob,OUT,--out) $(QUALITY_ARGS)
+quality: setup
+	$(PY) -m mixkv_bench.quality --models $(QUALITY_MODELS) $(QUALITY_FLAGS)
 
 PLAN ?= ma
 SIZE ?= tiny

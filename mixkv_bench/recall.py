@@ -99,3 +99,21 @@ def sample(task: RecallTask, batch: int, generator: torch.Generator) -> Batch:
 def heldout(task: RecallTask, n: int, seed: int) -> Batch:
     """The evaluation set: ``n`` sequences from ``seed`` (never a training seed)."""
     return sample(task, n, torch.Generator().manual_seed(seed))
+
+
+def sample_repeat(task: RecallTask, batch: int, generator: torch.Generator) -> Batch:
+    """An auxiliary training batch of the task's length: ``<s>``, a span of random key and
+    value tokens, filler, then the span again (its length drawn per batch, so the repeat's
+    offset is never the same: only finding the earlier occurrence of the current token
+    and reading the token after it predicts the repeat, the circuit recall needs). Every
+    repeated token but the first is a supervised answer. Never scored."""
+    t, g = task, generator
+    most = (t.length - 1) // 2
+    span = int(torch.randint(max(2, most // 4), most + 1, (), generator=g))
+    gap = t.length - 1 - 2 * span
+    fill0 = FIRST_TOKEN + t.keys + t.values
+    first = torch.randint(FIRST_TOKEN, fill0, (batch, span), generator=g)
+    filler = torch.randint(fill0, fill0 + t.filler, (batch, gap), generator=g)
+    ids = torch.cat([torch.full((batch, 1), BOS), first, filler, first], dim=1)
+    answer_pos = (1 + span + gap + torch.arange(1, span)).expand(batch, -1)
+    return Batch(ids, answer_pos.clone(), torch.full_like(answer_pos, span + gap))

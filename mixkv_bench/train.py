@@ -7,7 +7,7 @@ CPU, into a model folder ``serve --model-path`` serves as it is.
 The model is the plain-PyTorch MixAttention of :mod:`mixkv_bench.reference`, batched and
 differentiable (:class:`Trainable`: the same layers, the same window rule, the same
 weight names, so the folder loads into our SGLang model and into the reference alike),
-at the ``recall`` size (12 layers, hidden 64, window 16). One recipe for every plan:
+at the ``recall`` size (12 layers, hidden 64, window 8). One recipe for every plan:
 AdamW, linear warm-up then cosine decay over ``--steps``, loss on the queried values
 only. A run stops after ``--minutes`` and resumes from ``OUT/checkpoint.pt`` (model,
 optimizer, data stream, curve), so a long training spans sessions; the folder is
@@ -24,7 +24,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -86,7 +86,7 @@ class Trainable(nn.Module):
     differentiable; parameter names are the model folder's (HF Llama names, no K/V
     projections on consumers)."""
 
-    def __init__(self, size, plan: plans.Plan, window: int):
+    def __init__(self, size, plan: plans.Plan, window: int, shared_embedding: float = 0.0):
         super().__init__()
         self.size, self.plan, self.window = size, plan, window
         self.model = nn.Module()
@@ -98,6 +98,10 @@ class Trainable(nn.Module):
         for p in self.parameters():
             if p.dim() == 2:
                 nn.init.normal_(p, std=0.02)
+        if shared_embedding:  # a direction every token shares: attention by position alone
+            with torch.no_grad():  # (a previous-token head) is then learnable from the start
+                u = torch.randn(size.hidden)
+                self.model.embed_tokens.weight += shared_embedding * 0.02 * math.sqrt(size.hidden) * u / u.norm()
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """[B, T, vocab] logits of the next token at every position."""
@@ -143,6 +147,16 @@ class Recipe:
     batch: int = 32
     weight_decay: float = 0.1
     seed: int = 0
+    pair_mix: str = ""  # e.g. "4,8,16": each batch draws its number of pairs from these
+    repeat_mix: float = 0.0  # share of batches that are repeated random tokens (recall.sample_repeat)
+    shared_embedding: float = 0.0  # norm of a component all initial embeddings share, relative
+
+    def pairs(self, task: recall.RecallTask) -> list[int]:
+        """The pair counts batches draw from (the task's alone unless ``pair_mix``)."""
+        mix = [int(p) for p in self.pair_mix.split(",") if p.strip()] or [task.pairs]
+        for p in mix:
+            replace(task, pairs=p, queries=min(task.queries, p))  # raises if the task cannot
+        return mix
 
     def lr_at(self, step: int) -> float:
         if step < self.warmup:
@@ -176,7 +190,7 @@ def accuracy(model: Trainable, batch: recall.Batch, chunk: int = 64) -> dict[str
 
 
 def export(model: Trainable, out: Path, spec: str, task: recall.RecallTask, recipe: Recipe,
-           step: int) -> Path:
+           step: int, init: dict | None = None) -> Path:
     """Write the model folder (config, tokenizer, trained weights) ``serve`` takes."""
     from safetensors.torch import save_file
 
@@ -184,15 +198,38 @@ def export(model: Trainable, out: Path, spec: str, task: recall.RecallTask, reci
     save_file(model.weights(), str(out / "model.safetensors"))
     cfg = json.loads((out / "config.json").read_text())
     cfg["mixkv_weights"] = {"trained": {"plan": spec, "step": step, "task": task.to_dict(),
-                                        "recipe": asdict(recipe)}}
+                                        "recipe": asdict(recipe), "init": init}}
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     return out
 
 
+def start_from(model: Trainable, folder: Path) -> dict:
+    """Uptraining: set ``model``'s weights from the trained folder of another plan (as
+    CLA/YOCO retrofits do). Every weight ``model`` has is copied; the source's K/V
+    projections of layers that are consumers here are dropped. Returns what the source
+    was (folder, plan, step); raises ValueError if it lacks a weight ``model`` needs."""
+    from safetensors.torch import load_file
+
+    cfg = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
+    trained = (cfg.get("mixkv_weights") or {}).get("trained")
+    if not trained:
+        raise ValueError(f"--init {folder}: not a trained model folder")
+    weights = load_file(str(folder / "model.safetensors"))
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    if missing:
+        raise ValueError(f"--init {folder} ({trained['plan']}) has no {missing[0]}: a producer "
+                         "here is a consumer there")
+    model.load_state_dict({k: weights[k].to(own[k].dtype) for k in own})
+    return {"folder": str(folder), "plan": trained["plan"], "step": trained["step"]}
+
+
 def train(spec: str, out: Path, task: recall.RecallTask, recipe: Recipe, minutes: float,
-          eval_every: int = 250, until: int | None = None, log=print) -> dict:
+          eval_every: int = 250, until: int | None = None, log=print,
+          init: Path | None = None) -> dict:
     """Train (or resume) ``spec`` into ``out`` for at most ``minutes``, up to step
-    ``until`` (default: the recipe's last); returns the last curve row."""
+    ``until`` (default: the recipe's last); returns the last curve row. ``init``: start
+    from that trained folder's weights (:func:`start_from`) instead of random ones."""
     import pandas as pd
 
     size = get_size("recall")
@@ -201,21 +238,25 @@ def train(spec: str, out: Path, task: recall.RecallTask, recipe: Recipe, minutes
     if task.length > size.max_position:
         raise ValueError(f"sequences of {task.length} tokens exceed {size.max_position} positions")
     plan = plans.resolve(spec, size.num_layers)
+    mix = recipe.pairs(task)
     torch.manual_seed(recipe.seed)
-    model = Trainable(size, plan, size.window)
+    model = Trainable(size, plan, size.window, recipe.shared_embedding)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay,
                             betas=(0.9, 0.98))
     data = torch.Generator().manual_seed(recipe.seed)
     ckpt, step, curve, wall = out / "checkpoint.pt", 0, [], 0.0
+    source = start_from(model, init) if init is not None and not ckpt.exists() else None
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
-        if state["plan"] != spec or state["task"] != task.to_dict() or state["recipe"] != asdict(recipe):
+        if (state["plan"] != spec or recall.RecallTask(**state["task"]) != task
+                or Recipe(**state["recipe"]) != recipe):
             raise ValueError(f"{ckpt} was trained with another plan, task or recipe; use "
                              "another --out")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         data.set_state(state["data"])
         step, curve, wall = state["step"], state["curve"], state["wall_s"]
+        source = state.get("init")
         log(f"resumed {spec} at step {step} ({wall / 60:.1f} min trained)")
     test = recall.heldout(task, HELDOUT_N, HELDOUT_SEED)
     out.mkdir(parents=True, exist_ok=True)
@@ -227,7 +268,12 @@ def train(spec: str, out: Path, task: recall.RecallTask, recipe: Recipe, minutes
     while step < stop and time.monotonic() - start < minutes * 60:
         for group in opt.param_groups:
             group["lr"] = recipe.lr_at(step)
-        batch = recall.sample(task, recipe.batch, data)
+        p = mix[int(torch.randint(len(mix), (1,), generator=data))] if len(mix) > 1 else task.pairs
+        if recipe.repeat_mix and float(torch.rand((), generator=data)) < recipe.repeat_mix:
+            batch = recall.sample_repeat(task, recipe.batch, data)
+        else:
+            batch = recall.sample(replace(task, pairs=p, queries=min(task.queries, p)),
+                                  recipe.batch, data)
         loss_t = answer_loss(model(batch.ids), batch)
         opt.zero_grad(set_to_none=True)
         loss_t.backward()
@@ -243,9 +289,9 @@ def train(spec: str, out: Path, task: recall.RecallTask, recipe: Recipe, minutes
     wall += time.monotonic() - start
     torch.save({"plan": spec, "task": task.to_dict(), "recipe": asdict(recipe), "step": step,
                 "model": model.state_dict(), "opt": opt.state_dict(), "data": data.get_state(),
-                "curve": curve, "wall_s": wall}, ckpt)
+                "curve": curve, "wall_s": wall, "init": source}, ckpt)
     pd.DataFrame(curve).to_csv(out / "curve.csv", index=False)
-    export(model, out, spec, task, recipe, step)
+    export(model, out, spec, task, recipe, step, source)
     return curve[-1] if curve else {"step": step, "loss": loss}
 
 
@@ -256,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=20.0, help="stop (and save) after this long")
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--until", type=int, help="stop at this step (default: --steps)")
+    ap.add_argument("--init", type=Path, help="start from this trained folder (uptraining: "
+                    "consumers drop its K/V projections) instead of random weights")
     for f in Recipe.__dataclass_fields__.values():
         ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     for f in recall.RecallTask.__dataclass_fields__.values():
@@ -264,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         task = recall.RecallTask(**{f: getattr(a, "task_" + f) for f in recall.RecallTask.__dataclass_fields__})
         recipe = Recipe(**{f: getattr(a, f) for f in Recipe.__dataclass_fields__})
-        train(a.plan, a.out, task, recipe, a.minutes, a.eval_every, a.until)
+        train(a.plan, a.out, task, recipe, a.minutes, a.eval_every, a.until, init=a.init)
     except plans.PlanError as e:
         print(f"error: invalid plan: {e}", file=sys.stderr)
         return 2

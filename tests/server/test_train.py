@@ -1,7 +1,7 @@
 """The recall task and the trainer (``python -m mixkv_bench.train``): a few dozen steps
-lower the loss, the folder it writes is served by our server, and the server's greedy
-answers and logprobs are the reference's on the same weights (the trained model is not a
-second model path)."""
+lower the loss, the folder it writes is served by our server through ``make quality``'s
+path, and the server's greedy answers are the reference's on the same weights (the
+trained model is not a second model path)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import sys
 import pytest
 import torch
 
-from mixkv_bench import recall
+from mixkv_bench import quality, recall
 from mixkv_bench.reference import Reference
 from mixkv_bench.train import Recipe, Trainable, export, train
 from sglang_mixkv.model_folder import get_size
 from sglang_mixkv.plan import resolve
-from tests.helpers.serving import REPO, start_server
+from tests.helpers.serving import REPO
 
 TASK = recall.RecallTask(context=48, pairs=4, queries=2, keys=16, values=16, filler=8)
 
@@ -60,7 +60,7 @@ def test_trainable_model_is_the_reference(tmp_path):
 
 @pytest.mark.server
 def test_a_short_training_lowers_the_loss_and_the_folder_serves(tmp_path):
-    out = tmp_path / "ma"
+    out = tmp_path / "seed0" / "ma"
     recipe = Recipe(steps=40, lr=3e-3, warmup=5, batch=16)
     lines = []
     first = train("ma", out, TASK, recipe, minutes=5, eval_every=1, until=1, log=lines.append)
@@ -69,19 +69,37 @@ def test_a_short_training_lowers_the_loss_and_the_folder_serves(tmp_path):
     assert last["step"] == 40 and last["loss"] < first["loss"]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["mixkv_weights"]["trained"]["step"] == 40
-    server = start_server(["--model-path", str(out), "--kv-budget", "16MiB"], log=out / "server.log")
-    try:
-        ref = Reference(out)
-        ids = recall.heldout(TASK, 1, seed=4).ids[0].tolist()
-        r = server.post("/generate", {"input_ids": ids, "return_logprob": True,
-                                      "sampling_params": {"max_new_tokens": 3, "temperature": 0}})
-        got = r.json()
-        want = ref.generate(ids, 3)
-        assert got["output_ids"] == want.tokens
-        have = [x[0] for x in got["meta_info"]["output_token_logprobs"]]
-        assert max(abs(a - b) for a, b in zip(have, want.logprobs)) < 1e-4
-    finally:
-        server.stop()
+    # make quality's path: our server serves the folder, every answer comes back and a
+    # sample of them is replayed through the reference (exit status 1 if one differs)
+    report = tmp_path / "quality"
+    assert quality.main(["--models", str(tmp_path / "seed0"), "--plans", "ma", "--sequences", "4",
+                         "--check", "8", "--out", str(report)]) == 0
+    records = [json.loads(ln) for ln in
+               (report / "seed0" / "ma" / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 4 * TASK.queries and all(r["error"] is None for r in records)
+    summary = (report / "summary.csv").read_text()
+    assert summary.startswith("setting,") and "\nma," in summary
+    assert "Every sampled answer equals the plain-PyTorch reference's." in (report / "report.md").read_text()
+
+
+def test_uptraining_starts_from_another_plans_weights(tmp_path):
+    """``--init``: every weight of the new plan is the source's; the K/V projections of
+    layers that are consumers in the new plan are dropped, and the reverse is refused."""
+    from safetensors.torch import load_file
+
+    recipe = Recipe(steps=2, warmup=1, batch=4)
+    train("standard", tmp_path / "standard", TASK, recipe, minutes=1, log=lambda _: None)
+    train("ma", tmp_path / "ma", TASK, recipe, minutes=1, until=0, log=lambda _: None,
+          init=tmp_path / "standard")
+    src = load_file(str(tmp_path / "standard" / "model.safetensors"))
+    got = load_file(str(tmp_path / "ma" / "model.safetensors"))
+    assert set(got) < set(src) and all(torch.equal(got[k], src[k]) for k in got)
+    assert "model.layers.2.self_attn.k_proj.weight" not in got  # a consumer in ma
+    cfg = json.loads((tmp_path / "ma" / "config.json").read_text())
+    assert cfg["mixkv_weights"]["trained"]["init"]["plan"] == "standard"
+    with pytest.raises(ValueError, match="a producer here is a consumer there"):
+        train("standard", tmp_path / "back", TASK, recipe, minutes=1, until=0,
+              log=lambda _: None, init=tmp_path / "ma")
 
 
 def test_cli_refuses_an_unknown_plan_and_a_task_the_context_cannot_hold(tmp_path):

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The recall checkpoints `make quality` serves (results/quality/models/seed<S>/<plan>):
+# `standard` trained from scratch with the frozen recipe, then every other plan uptrained
+# from it with one short fine-tune, the same for each (consumers drop their K/V
+# projections, windows applied: the CLA / YOCO retrofit), once per fine-tune seed.
+#
+#   bash scripts/quality_models.sh            # all of it, two runs at a time
+#   STANDARD_MINUTES=60 UPTRAIN_STEPS=600 SEEDS="0 1 2" bash scripts/quality_models.sh
+#
+# A run that stops (its --minutes) resumes where it stopped when this is run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-results/quality/models}
+TASK=${TASK:-"--task-layout zoology --task-context 64 --task-pairs 8 --task-queries 8"}
+RECIPE=${RECIPE:-"--lr 0.004 --warmup 200 --weight-decay 0 --steps 20000"}
+STANDARD_MINUTES=${STANDARD_MINUTES:-120}
+UPTRAIN=${UPTRAIN:-"--lr 0.001 --warmup 50 --weight-decay 0"}
+UPTRAIN_STEPS=${UPTRAIN_STEPS:-600}
+SEEDS=${SEEDS:-"0 1 2"}
+# the plans the paper's claim turns on get every seed; the others the first
+CLAIM=${CLAIM:-"ma ma-offset ma-endslide ma-pairs"}
+OTHERS=${OTHERS:-"swa yoco LLLLLLLLLLLL"}
+export OMP_NUM_THREADS=1
+
+base="$OUT/standard"
+$PY -m mixkv_bench.train --plan standard --out "$base" --minutes "$STANDARD_MINUTES" \
+    --eval-every 250 $TASK $RECIPE
+
+jobs=()
+first=${SEEDS%% *}
+for seed in $SEEDS; do
+    mkdir -p "$OUT/seed$seed"
+    ln -sfn ../standard "$OUT/seed$seed/standard"
+    plans="$CLAIM"
+    [ "$seed" = "$first" ] && plans="$CLAIM $OTHERS"
+    for plan in $plans; do
+        jobs+=("$PY -m mixkv_bench.train --plan $plan --out $OUT/seed$seed/$plan --init $base \
+--seed $seed --steps $UPTRAIN_STEPS --minutes 30 --eval-every 200 $TASK $UPTRAIN")
+    done
+done
+printf '%s\n' "${jobs[@]}" | xargs -P 2 -I{} bash -c '{} > /dev/null'
+echo "models in $OUT"
