@@ -61,7 +61,7 @@ capacity: setup
 
 # Knobs: PLANS=ma,ma@adakv=48 (default: every trained folder in QUALITY_MODELS),
 #   CONTEXTS=64,128  SEQUENCES=64  CHECK=16  OUT=results/quality-x
-QUALITY_MODELS ?= results/quality/models
+QUALITY_MODELS ?= results/quality/models/seed0
 QUALITY_FLAGS = $(call knob,PLANS,--plans) $(call knob,CONTEXTS,--contexts) \
 	$(call knob,SEQUENCES,--sequences) $(call knob,CHECK,--check) $(call knob,OUT,--out) $(QUALITY_ARGS)
 quality: setup

@@ -2,8 +2,8 @@
 Ada-KV budget costs in recall, measured through the real endpoint, beside what it saves
 in memory and wins in throughput at paper scale.
 
-    python -m mixkv_bench.quality --models results/quality/models \\
-        --plans standard,swa,ma,ma-offset,ma@adakv=64 [--contexts 128,256] \\
+    python -m mixkv_bench.quality --models results/quality/models/seed0 \\
+        --plans standard,swa,ma,ma-offset,standard@adakv=40 [--contexts 64,128] \\
         [--sequences 64] [--check 16] [--out results/quality-x]
 
 For every variant (``PLAN`` or ``PLAN@adakv=B``, as in ``make bench``) our server serves

@@ -31,9 +31,11 @@ jobs=()
 first=${SEEDS%% *}
 for seed in $SEEDS; do
     mkdir -p "$OUT/seed$seed"
-    ln -sfn ../standard "$OUT/seed$seed/standard"
     plans="$CLAIM"
-    [ "$seed" = "$first" ] && plans="$CLAIM $OTHERS"
+    if [ "$seed" = "$first" ]; then  # standard is trained once: it lives in the first seed's folder
+        ln -sfn ../standard "$OUT/seed$seed/standard"
+        plans="$CLAIM $OTHERS"
+    fi
     for plan in $plans; do
         jobs+=("$PY -m mixkv_bench.train --plan $plan --out $OUT/seed$seed/$plan --init $base \
 --seed $seed --steps $UPTRAIN_STEPS --minutes 30 --eval-every 200 $TASK $UPTRAIN")
