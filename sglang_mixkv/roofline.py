@@ -5,7 +5,7 @@ A command kept where users know it; nothing in the serving core imports this mod
 
 import sys
 
-from mixkv_bench.roofline import main
+from mixkv_bench.roofline_cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

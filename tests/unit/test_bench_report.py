@@ -11,6 +11,7 @@ import pytest
 from mixkv_bench import bench_roofline, settings
 from mixkv_bench import roofline as rl
 from mixkv_bench.bench_report import write_report
+from sglang_mixkv.model_folder import get_size
 
 from tests.helpers.harness_fixtures import fake_record, write_run
 
@@ -68,7 +69,7 @@ def test_report_shows_spread_significance_roofline_and_bounds(tmp_path):
     # from the bench's own translation): --kv-budget 64MiB, --max-running-requests 32,
     # serve's tiny chunk (256) and eviction interval (32 / 16 = 2), 8 prompts of 10 + 3.
     srv = rl.Serving(kv_budget=64 << 20, max_running=32, chunk=256, eviction_interval=2)
-    bound = rl.level_bound(rl.get_size("tiny"), "ma", hw, rl.Workload(8, 10, 3, (8,)), 8, srv)
+    bound = rl.level_bound(get_size("tiny"), "ma", hw, rl.Workload(8, 10, 3, (8,)), 8, srv)
     assert csv.loc[("ma", 8), "roofline_out_tok_per_s"] == pytest.approx(bound.output_tok_per_s)
     assert csv.loc[("ma", 8), "roofline_fraction"] == pytest.approx(
         csv.loc[("ma", 8), "output_tok_per_s"] / bound.output_tok_per_s)
