@@ -198,10 +198,12 @@ def serve_command(folder: Path, setting: Setting, port: int) -> list[str]:
 
 
 def evaluate(roots: list[Path], specs: list[str], contexts: list[int] | None, sequences: int,
-             out: Path, check_n: int, concurrency: int = 8, log=print) -> tuple[list[dict], list[dict]]:
+             out: Path, check_n: int, concurrency: int = 8, log=print,
+             resume: bool = False) -> tuple[list[dict], list[dict]]:
     """Serve and ask every setting of every variant in every root that has its folder
     (``ROOT/PLAN``; one root per training seed); returns all records (``models``: the
-    root's name) and every disagreement."""
+    root's name) and every disagreement. ``resume``: a setting whose records are already
+    in ``out`` is not served again (its records are read back; the reference check runs)."""
     todo = []
     for variant in variants.parse_list(",".join(specs)):  # every input checked before serving
         variant.resolve(12)
@@ -222,9 +224,14 @@ def evaluate(roots: list[Path], specs: list[str], contexts: list[int] | None, se
             vdir = out / folder.parent.name / setting.label.replace(" ", "_")
             vdir.mkdir(parents=True, exist_ok=True)
             log(f"{setting.label} ({folder}): {len(ps)} requests of {task.queries} queries")
-            with launched_on_free_port(lambda port: serve_command(folder, setting, port),
-                                       vdir / "server.log", timeout=600) as url:
-                records = asyncio.run(ask(url, ps, concurrency))
+            done = vdir / "records.jsonl"
+            if resume and done.exists():
+                records = [json.loads(ln) for ln in done.read_text().splitlines()]
+                log("  records read back from an earlier run")
+            else:
+                with launched_on_free_port(lambda port: serve_command(folder, setting, port),
+                                           vdir / "server.log", timeout=600) as url:
+                    records = asyncio.run(ask(url, ps, concurrency))
             window = cfg.get("sliding_window") or task.context
             for r in records:
                 r.update(models=folder.parent.name, setting=setting.label,
@@ -295,8 +302,11 @@ def paper_scale(specs: list[str], context: int) -> "pd.DataFrame":  # noqa: F821
     scaled = {}
     for spec in specs:
         v = variants.parse(spec)
-        scaled[spec] = (v.plan if v.adakv_budget is None else
-                        f"{v.plan}@adakv={round(v.adakv_budget * PAPER_PROMPT / context)}")
+        plan = v.plan
+        if plan not in plans.PRESET_NAMES and len(set(plan)) == 1:  # e.g. all local: same at any depth
+            plan = plan[0] * size.num_layers
+        scaled[spec] = (plan if v.adakv_budget is None else
+                        f"{plan}@adakv={round(v.adakv_budget * PAPER_PROMPT / context)}")
     caps = {r["plan"]: r for r in capacity_rows(list(scaled.values()), size, 80 << 30, 0.85)}
     hw = rl.gpu("H100").achieving(*rl.ACHIEVABLE)
     wl = rl.Workload(300, PAPER_PROMPT, 1000, (300,))
@@ -330,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
                     "through the reference (0: none)")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--out", type=Path, help="report folder (default: results/quality-<time>)")
+    ap.add_argument("--resume", action="store_true", help="keep the records of settings "
+                    "already in --out (a run stopped part way goes on where it stopped)")
     a = ap.parse_args(argv)
     if a.out is None:
         a.out = Path("results") / time.strftime("quality-%Y%m%d-%H%M%S")
@@ -349,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         contexts = [int(c) for c in a.contexts.split(",")] if a.contexts else None
         a.out.mkdir(parents=True, exist_ok=True)
         records, bad = evaluate(roots, specs, contexts, a.sequences, a.out, a.check,
-                                a.concurrency)
+                                a.concurrency, resume=a.resume)
     except plans.PlanError as e:
         print(f"error: invalid plan: {e}", file=sys.stderr)
         return 2

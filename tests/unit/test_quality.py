@@ -84,6 +84,8 @@ def test_budgets_are_projected_as_the_same_share_of_the_paper_prompt():
     assert df.loc["ma@adakv=64", "paper_variant"] == "ma@adakv=15500"
     assert df.loc["ma@adakv=64", "kv_bytes_per_request"] < df.loc["ma", "kv_bytes_per_request"]
     assert df.loc["ma@adakv=64", "requests_80gib"] > df.loc["ma", "requests_80gib"]
+    local = quality.paper_scale(["LLLLLLLLLLLL"], context=64).iloc[0]  # 12 layers -> 24
+    assert local["paper_variant"] == "L" * 24
 
 
 @pytest.fixture()
