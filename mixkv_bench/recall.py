@@ -27,13 +27,14 @@ BOS = 1
 
 @dataclass(frozen=True)
 class RecallTask:
-    context: int = 128  # tokens between <s> and the first query
-    pairs: int = 16
+    # defaults: the frozen task of results/quality (8 windows of the recall size's 8)
+    context: int = 64  # tokens between <s> and the first query
+    pairs: int = 8
     queries: int = 8
     keys: int = 64  # distinct key tokens
     values: int = 64
     filler: int = 32
-    layout: str = "scattered"  # or "zoology"
+    layout: str = "zoology"  # or "scattered"
 
     def __post_init__(self) -> None:
         if self.layout not in ("scattered", "zoology"):

@@ -139,13 +139,15 @@ class Trainable(nn.Module):
 
 @dataclass(frozen=True)
 class Recipe:
-    """One recipe for every plan (chosen on ``standard``, then frozen)."""
+    """One recipe for every plan (chosen on ``standard``, then frozen: the defaults are
+    results/quality-search's; uptraining overrides lr, warm-up and steps, the same for
+    every plan, in scripts/quality_models.sh)."""
 
     steps: int = 20_000
-    lr: float = 1e-3
-    warmup: int = 500
+    lr: float = 4e-3
+    warmup: int = 200
     batch: int = 32
-    weight_decay: float = 0.1
+    weight_decay: float = 0.0
     seed: int = 0
     pair_mix: str = ""  # e.g. "4,8,16": each batch draws its number of pairs from these
     repeat_mix: float = 0.0  # share of batches that are repeated random tokens (recall.sample_repeat)
