@@ -7,6 +7,7 @@ the packages, so the harness stays free of sglang/torch imports. GPUs come from
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
@@ -72,3 +73,13 @@ def collect(argv: list[str] | None = None) -> dict:
             if argv and argv[0].endswith("__main__.py") else shlex.join(argv),
             "argv": list(argv), "cwd": os.getcwd(), "git": git_info(),
             "versions": versions(), "hardware": hardware()}
+
+
+def provenance_lines(meta: dict) -> list[str]:
+    """A report's header bullets from :func:`collect`'s record: the command, the commit
+    (marked when the tree was dirty), package versions and hardware."""
+    git = meta.get("git", {})
+    return [f"- command: `{meta.get('command')}`",
+            f"- commit: `{git.get('commit')}`" + (" (dirty)" if git.get("dirty") else ""),
+            f"- versions: {json.dumps(meta.get('versions'))}",
+            f"- hardware: {json.dumps(meta.get('hardware'))}"]

@@ -11,6 +11,7 @@ imports).
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 import torch
@@ -41,9 +42,14 @@ class ForcedKeys(CustomLogitProcessor):
         return logits
 
 
+@cache
+def _processor() -> str:
+    return ForcedKeys.to_str()  # dill-pickled once, not per request
+
+
 def request(prompt: list[int], keys: list[int]) -> dict:
     """The ``/generate`` body asking ``keys`` after ``prompt``, greedily."""
-    return {"input_ids": prompt, "custom_logit_processor": ForcedKeys.to_str(),
+    return {"input_ids": prompt, "custom_logit_processor": _processor(),
             "sampling_params": {"max_new_tokens": 2 * len(keys), "temperature": 0,
                                 "ignore_eos": True, "custom_params": {"keys": keys}}}
 

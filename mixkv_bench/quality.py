@@ -45,9 +45,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.server import launched_on_free_port
+from harness.sysinfo import provenance_lines
 from mixkv_bench import forced, recall, variants
 from sglang_mixkv import plan as plans
 from sglang_mixkv.defaults import API_KEY_ENV, auth_headers
+from sglang_mixkv.model_folder import get_size
 
 SEED = 20_000  # + context length: held-out sets, far from the trainer's seeds
 PAPER_PROMPT = 31_000
@@ -206,7 +208,7 @@ def evaluate(roots: list[Path], specs: list[str], contexts: list[int] | None, se
     in ``out`` is not served again (its records are read back; the reference check runs)."""
     todo = []
     for variant in variants.parse_list(",".join(specs)):  # every input checked before serving
-        variant.resolve(12)
+        variant.resolve(get_size("recall").num_layers)
         folders = [r / variant.plan for r in roots if (r / variant.plan).exists()]
         if not folders:
             trained_task(roots[0] / variant.plan)  # raises: no trained model folder
@@ -296,7 +298,6 @@ def paper_scale(specs: list[str], context: int) -> "pd.DataFrame":  # noqa: F821
 
     from mixkv_bench import roofline as rl
     from mixkv_bench.capacity import capacity_rows
-    from sglang_mixkv.model_folder import get_size
 
     size = get_size("paper")
     scaled = {}
@@ -414,10 +415,7 @@ def report(out: Path, records: list[dict], bad: list[dict], specs: list[str], wi
     cols = ["setting", "models", "context", "queries", "acc", "acc_far", "acc_near", "failed"]
     lines = [
         "# Recall through the endpoint: what each plan and budget costs", "",
-        f"- command: `{meta['command']}`",
-        f"- commit: `{meta['git']['commit']}`" + (" (dirty tree)" if meta["git"]["dirty"] else ""),
-        f"- versions: {json.dumps(meta.get('versions'))}",
-        f"- hardware: {json.dumps(meta.get('hardware'))}",
+        *provenance_lines(meta),
         f"- task: {json.dumps(task.to_dict())}; held-out seed {SEED} + context; one "
         "`POST /generate` per sequence, the context as prompt, the query keys forced in decode "
         f"and the answers greedy; chance 1/{task.values}", "",

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from harness.server import start_on_free_port  # noqa: E402
-from harness.sysinfo import collect  # noqa: E402
+from harness.sysinfo import collect, provenance_lines  # noqa: E402
 from sglang_mixkv.model_folder import get_size  # noqa: E402
 
 RULES = ("producer", "readers")
@@ -65,10 +65,7 @@ def fmt(values: list[float]) -> str:
 
 def report(rows: list[dict], meta: dict, a: argparse.Namespace) -> str:
     lines = ["# Ada-KV scoring and compaction on the CPU", "",
-             f"- command: `{meta['command']}`",
-             f"- commit: `{meta['git']['commit']}`" + (" (dirty)" if meta["git"]["dirty"] else ""),
-             f"- versions: {json.dumps(meta['versions'])}",
-             f"- hardware: {json.dumps(meta['hardware'])}",
+             *provenance_lines(meta),
              f"- workload: model `tiny`, {a.prompts} prompts of {a.input_len} random tokens, one "
              f"at a time, 1 output token, after one warm-up; `--adakv-budget {a.budget}` (window "
              f"32); `--kv-budget {a.kv_budget}`", "",

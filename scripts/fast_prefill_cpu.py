@@ -27,7 +27,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness.sysinfo import collect  # noqa: E402
+from harness.sysinfo import collect, provenance_lines  # noqa: E402
 from sglang_mixkv.plan import resolve  # noqa: E402
 from sglang_mixkv.defaults import serve_default  # noqa: E402
 from sglang_mixkv.model_folder import get_size  # noqa: E402
@@ -87,9 +87,7 @@ def report(a: argparse.Namespace) -> str:
     meta = json.loads((a.out / "meta.json").read_text()) if (a.out / "meta.json").exists() else collect()
     return "\n".join([
         "# Fast prefill on the CPU", "",
-        f"- command: `{meta.get('command')}`", f"- commit: `{meta.get('git', {}).get('commit')}`"
-        + (" (dirty)" if meta.get("git", {}).get("dirty") else ""),
-        f"- versions: {json.dumps(meta.get('versions'))}", f"- hardware: {json.dumps(meta.get('hardware'))}",
+        *provenance_lines(meta),
         f"- workload: model `{a.size}`, single prompts of {a.input_len} tokens in, 1 out, one at "
         f"a time; {a.num_prompts} prompts x {a.repeats} repeats per run, {a.rounds} rounds per "
         f"mode, modes alternated per plan; chunked prefill at the {a.size} size's {chunk} tokens", "",

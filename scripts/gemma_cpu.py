@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from harness.server import start_on_free_port  # noqa: E402
-from harness.sysinfo import collect  # noqa: E402
+from harness.sysinfo import collect, provenance_lines  # noqa: E402
 from mixkv_bench import gemma  # noqa: E402
 from sglang_mixkv import gemma as sglang_gemma  # noqa: E402
 from sglang_mixkv import kv_math  # noqa: E402
@@ -168,10 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                 "pool_local_tokens", "requests_held"]
     lines = [
         "# Gemma 4 and Gemma 3n on the CPU: exact against transformers, pools stock vs ours", "",
-        f"- command: `{meta['command']}`",
-        f"- commit: `{meta['git']['commit']}`" + (" (dirty)" if meta["git"]["dirty"] else ""),
-        f"- versions: {json.dumps(meta['versions'])}",
-        f"- hardware: {json.dumps(meta['hardware'])}",
+        *provenance_lines(meta),
         f"- models: tiny random text folders written by transformers (6 layers, window 8, the "
         f"last 2 KV-shared, float32; `mixkv_bench.gemma.TINY`) and a multimodal Gemma 4 "
         f"checkpoint served through its text folder, seed {a.seed}; Gemma 4 on "
