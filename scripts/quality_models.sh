@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-results/quality/models}
 TASK=${TASK:-"--task-layout zoology --task-context 64 --task-pairs 8 --task-queries 8"}
-RECIPE=${RECIPE:-"--lr 0.004 --warmup 200 --weight-decay 0 --steps 20000"}
+RECIPE=${RECIPE:-"--lr 0.001 --warmup 0 --weight-decay 0 --steps 20000"}
 STANDARD_MINUTES=${STANDARD_MINUTES:-120}
 UPTRAIN=${UPTRAIN:-"--lr 0.001 --warmup 50 --weight-decay 0"}
 UPTRAIN_STEPS=${UPTRAIN_STEPS:-600}
@@ -24,7 +24,7 @@ OTHERS=${OTHERS:-"swa yoco LLLLLLLLLLLL"}
 export OMP_NUM_THREADS=1
 
 base="$OUT/standard"
-$PY -m mixkv_bench.train --plan standard --out "$base" --minutes "$STANDARD_MINUTES" \
+OMP_NUM_THREADS=${STANDARD_THREADS:-2} $PY -m mixkv_bench.train --plan standard --out "$base" --minutes "$STANDARD_MINUTES" \
     --eval-every 250 $TASK $RECIPE
 
 jobs=()
