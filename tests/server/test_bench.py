@@ -12,6 +12,7 @@ import time
 import pytest
 
 from mixkv_bench.probe import peak_overlap
+from tests.helpers import SIGINT_DEFAULT
 from tests.helpers.serving import REPO, free_port
 
 
@@ -31,7 +32,7 @@ def _server_processes(port: int) -> list[str]:
 def test_bench_runs_and_an_interrupt_keeps_finished_variants(tmp_path):
     port = free_port()
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "sglang_mixkv.bench", "--plans", "standard,ma,ma-offset",
+    cmd = [*SIGINT_DEFAULT, sys.executable, "-m", "sglang_mixkv.bench", "--plans", "standard,ma,ma-offset",
            "--num-prompts", "6", "--input-len", "96", "--output-len", "8", "--concurrency", "1,3",
            "--warmup", "1", "--repeats", "1", "--port", str(port), "--out", str(run)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

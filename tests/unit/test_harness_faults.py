@@ -9,6 +9,7 @@ import time
 import pandas as pd
 import pytest
 
+from tests.helpers import SIGINT_DEFAULT
 from tests.helpers.harness_fixtures import ROOT, cli, records, run_inproc, stub
 
 SMALL = ["--num-prompts", "6", "--input-len", "32", "--output-len", "5", "--warmup", "0",
@@ -56,7 +57,7 @@ def test_stalled_stream_times_out(tmp_path):
 def test_sigint_keeps_partial_results_and_report_works(tmp_path):
     out = tmp_path / "r"
     with stub("--token-delay", "0.02") as (url, _):
-        p = subprocess.Popen([sys.executable, "-m", "harness", "run", "--url", url, *SMALL,
+        p = subprocess.Popen([*SIGINT_DEFAULT, sys.executable, "-m", "harness", "run", "--url", url, *SMALL,
                               "--num-prompts", "200", "--concurrency", "4", "--out", str(out)],
                              cwd=ROOT, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
