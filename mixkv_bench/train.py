@@ -149,9 +149,10 @@ class Recipe:
     results/quality-search's; uptraining overrides lr, warm-up and steps, the same for
     every plan, in scripts/quality_models.sh).
 
-    ``init_std`` 0 (the modules' own initialization) is what gets past the plateau: at
-    N(0, 0.02) every probe of the search stopped where a model that only eliminates the
-    values already asked stops (results/quality-search)."""
+    ``init_std`` 0 (the modules' own initialization) is what got a 2-layer model past the
+    plateau: at N(0, 0.02) every probe of the search stopped where a model that only
+    eliminates the values already asked stops; the 12-layer ``recall`` model had not left
+    it after 30 minutes either way (results/quality-search)."""
 
     steps: int = 20_000
     lr: float = 1e-3
