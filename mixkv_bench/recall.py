@@ -27,10 +27,11 @@ BOS = 1
 
 @dataclass(frozen=True)
 class RecallTask:
-    # defaults: the frozen task of results/quality (8 windows of the recall size's 8)
+    # defaults: the frozen task of results/quality, the issue's: 16 pairs among 64 keys,
+    # a context of 8 windows of the recall size's 8, every pair queried
     context: int = 64  # tokens between <s> and the first query
-    pairs: int = 8
-    queries: int = 8
+    pairs: int = 16
+    queries: int = 16
     keys: int = 64  # distinct key tokens
     values: int = 64
     filler: int = 32

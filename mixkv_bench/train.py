@@ -149,10 +149,14 @@ class Recipe:
     results/quality-search's; uptraining overrides lr, warm-up and steps, the same for
     every plan, in scripts/quality_models.sh).
 
-    ``init_std`` 0 (the modules' own initialization) is what got a 2-layer model past the
-    plateau: at N(0, 0.02) every probe of the search stopped where a model that only
-    eliminates the values already asked stops; the 12-layer ``recall`` model had not left
-    it after 30 minutes either way (results/quality-search)."""
+    Two choices took the 12-layer ``recall`` model past the plateau of a model that only
+    eliminates the values already asked (results/quality-search): ``init_std`` 0 (the
+    modules' own initialization; at N(0, 0.02) every probe of the search stopped there)
+    and ``repeat_mix`` 0.5 (half the batches are repeated random spans, every repeated
+    token a target: the key-to-next-token lookup recall needs, with dense supervision).
+    With the first alone the 12-layer model was still at the plateau after 30 minutes;
+    with both it passes 99% on the 8-pair task at step 2,250, and on the 16-pair one 90%
+    at step 3,250 and 99% from 5,750 (one core, 0.37 s a step)."""
 
     steps: int = 20_000
     lr: float = 1e-3
@@ -161,7 +165,7 @@ class Recipe:
     weight_decay: float = 0.0
     seed: int = 0
     pair_mix: str = ""  # e.g. "4,8,16": each batch draws its number of pairs from these
-    repeat_mix: float = 0.0  # share of batches that are repeated random tokens (recall.sample_repeat)
+    repeat_mix: float = 0.5  # share of batches that are repeated random spans (recall.sample_repeat)
     shared_embedding: float = 0.0  # norm of a component all initial embeddings share, relative
     init_std: float = 0.0  # 0: the modules' own initialization (Trainable)
 

@@ -30,6 +30,10 @@ PROBES = [  # log, model, what changed (from the frozen recipe: lr 4e-3, warm-up
     ("standard-new", "ours, 12 layers", "the same with the committed trainer (1243ec9)", "python -m mixkv_bench.train --plan standard (defaults)"),
     ("l12e8ti3", "ours, 12 layers", "lr 3e-3, warm-up 200, the modules' own init", "r_lr=0.003 r_warmup=200 torchinit=1"),
     ("l12e8z", "ours, 12 layers", "lr 1e-3, no warm-up, own init, o_proj and down_proj zeroed", "r_lr=0.001 r_warmup=0 torchinit=1 zeroout=1"),
+    # fourth session: the trainer itself at 3c23bdf (its defaults: lr 1e-3, no warm-up, own init)
+    ("l12new", "ours, 12 layers", "the trainer's defaults at 3c23bdf (a control, run beside l12rep)", "python -m mixkv_bench.train --plan standard"),
+    ("l12rep", "ours, 12 layers", "the same, half the batches repeated random spans", "python -m mixkv_bench.train --plan standard --repeat-mix 0.5"),
+    ("l12r16", "ours, 12 layers", "the same on 16 pairs all queried (elimination: 0.211); results/quality's standard replays it to step 6,000", "(as l12rep) --task-pairs 16 --task-queries 16"),
 ]
 rows = []
 for name, model, what, flags in PROBES:
