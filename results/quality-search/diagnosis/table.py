@@ -34,6 +34,7 @@ PROBES = [  # log, model, what changed (from the frozen recipe: lr 4e-3, warm-up
     ("l12new", "ours, 12 layers", "the trainer's defaults at 3c23bdf (a control, run beside l12rep)", "python -m mixkv_bench.train --plan standard"),
     ("l12rep", "ours, 12 layers", "the same, half the batches repeated random spans", "python -m mixkv_bench.train --plan standard --repeat-mix 0.5"),
     ("l12r16", "ours, 12 layers", "the same on 16 pairs all queried (elimination: 0.211); results/quality's standard replays it to step 6,000", "(as l12rep) --task-pairs 16 --task-queries 16"),
+    ("l12mix16", "ours, 12 layers", "the same with half the batches at 8 pairs (a curriculum), beside l12r16; stopped", "(as l12r16) --pair-mix 8,16"),
 ]
 rows = []
 for name, model, what, flags in PROBES:
