@@ -8,7 +8,10 @@
 #   STANDARD_MINUTES=60 UPTRAIN_STEPS=600 SEEDS="0 1 2" bash scripts/quality_models.sh
 #
 # Measured on 2 cores (results/quality): standard about 37 minutes (6,000 steps on one
-# core), the 15 uptrainings about 25 minutes two at a time.
+# core), the 15 uptrainings about 20 minutes two at a time.
+#
+# SCRATCH_SEEDS="0 1 2" also trains the claim's plans from scratch with standard's recipe
+# (into $OUT/scratch/seed<S>/<plan>; each run stops after STANDARD_MINUTES and resumes).
 #
 # A run that stops (its --minutes) resumes where it stopped when this is run again.
 set -euo pipefail
@@ -43,6 +46,12 @@ for seed in $SEEDS; do
     for plan in $plans; do
         jobs+=("$PY -m mixkv_bench.train --plan $plan --out $OUT/seed$seed/$plan --init $base \
 --seed $seed --steps $UPTRAIN_STEPS --minutes 30 --eval-every 200 $TASK $UPTRAIN")
+    done
+done
+for seed in ${SCRATCH_SEEDS:-}; do
+    for plan in $CLAIM; do
+        jobs+=("$PY -m mixkv_bench.train --plan $plan --out $OUT/scratch/seed$seed/$plan --seed $seed \
+--until $STANDARD_UNTIL --minutes $STANDARD_MINUTES --eval-every 250 $TASK $RECIPE")
     done
 done
 printf '%s\n' "${jobs[@]}" | xargs -P 2 -I{} bash -c '{} > /dev/null'

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
