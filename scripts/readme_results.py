@@ -17,7 +17,7 @@ never typed in:
     .venv/bin/python scripts/readme_results.py results/bench-cpu results/shared-prefix-cpu \
         results/bench-adakv-cpu results/capacity-cpu results/capacity-adakv-cpu \
         results/fast-prefill-cpu results/adakv-overhead-cpu results/external-clients \
-        results/soak-cpu results/gemma-cpu results/quality-search results/quality \
+        results/soak-cpu results/gemma-cpu results/quality-search results/quality results/quality-scratch \
         --roofline --adakv --gemma
 """
 
