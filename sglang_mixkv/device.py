@@ -89,3 +89,44 @@ def resolve() -> str:
         f"nvidia-smi lists {len(smi.gpus)} GPU(s) ({smi.gpus[0]}) but {torch_desc} cannot "
         f"use them: {hint}. Set {DEVICE_ENV}=cpu to run on the CPU anyway."
     )
+
+
+@dataclass(frozen=True)
+class GpuFacts:
+    """What ``serve`` plans a GPU by: its streaming multiprocessors (the triton decode
+    kernel's parallelism), its memory as ``nvidia-smi`` reports it (what SGLang sizes
+    its reserve by) and as torch reports it (``total_memory``: what is free before the
+    weights, less the CUDA context)."""
+
+    name: str
+    sm_count: int
+    memory_mib: int
+    torch_mib: int
+
+
+#: GPUs ``serve --dry-run --gpu NAME`` can plan for without one (SXM parts). H200: as
+#: the project's H200 host reported them (nvidia-smi 143,771 MiB; torch "a total
+#: capacity of 139.80 GiB"); H100 80GB HBM3: nvidia-smi's 81,559 MiB, torch's 79.19 GiB.
+KNOWN_GPUS: dict[str, GpuFacts] = {
+    "H100": GpuFacts("NVIDIA H100 80GB HBM3", 132, 81_559, 81_090),
+    "H200": GpuFacts("NVIDIA H200", 132, 143_771, 143_155),
+}
+
+
+def known_gpu(name: str) -> GpuFacts:
+    """Facts of a GPU by its short name (``H100``, ``h200``); ValueError lists the names."""
+    key = name.strip().upper()
+    if key not in KNOWN_GPUS:
+        raise ValueError(f"unknown GPU {name!r}; known: {', '.join(KNOWN_GPUS)}")
+    return KNOWN_GPUS[key]
+
+
+def this_gpu() -> GpuFacts:
+    """Facts of GPU 0 of this machine (torch must see it)."""
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    smi = nvidia_smi()
+    m = re.search(r"(\d+) MiB", smi.gpus[0]) if smi is not None else None
+    mib = props.total_memory >> 20
+    return GpuFacts(props.name, props.multi_processor_count, int(m.group(1)) if m else mib, mib)

@@ -178,26 +178,52 @@ def local_pool_cap(window: int, max_running: int, chunk: int, page: int = 1,
     return -(-cap // page) * page
 
 
+@dataclass(frozen=True)
+class SlotOverhead:
+    """Bytes the server allocates per token slot outside the KV buffers, after the
+    pools: index lists, free lists, per-token input buffers (what they are in SGLang
+    0.5.17: ``sglang_seams/mixkv/pools.py``, :func:`slot_overhead`). ``per_token``: per
+    slot of the larger pool (SGLang's ``max_total_num_tokens``); ``per_global`` /
+    ``per_local``: per slot of that pool. Zero (the default) is the KV-only formula."""
+
+    per_token: int = 0
+    per_global: int = 0
+    per_local: int = 0
+
+    def bytes(self, global_tokens: int, local_tokens: int) -> int:
+        return (self.per_token * max(global_tokens, local_tokens)
+                + self.per_global * global_tokens + self.per_local * local_tokens)
+
+
 def pool_split(budget: int, plan: plans.Plan, dims: KVDims, *, window: int, max_running: int,
                chunk: int, page: int = 1, eviction_interval: int = 128,
-               chunks_in_flight: int = 2) -> PoolSplit:
-    """Split a KV byte budget between the global and local pools.
+               chunks_in_flight: int = 2, overhead: SlotOverhead = SlotOverhead()) -> PoolSplit:
+    """Split a byte budget between the global and local pools.
 
     The local pool is bounded by the window (``local_pool_cap``); the rest of the
     budget goes to the global pool. Plans without local producers keep a local pool
     as large as the global one at zero bytes (SGLang's allocator pairs every global
     slot with a local one); plans without global producers give the budget to the
     local pool, the only pool with bytes (``global_tokens`` 0 here; the server adds a
-    zero-byte global pool of token ids, see ``sglang_seams/mixkv/pools.py``)."""
+    zero-byte global pool of token ids, see ``sglang_seams/mixkv/pools.py``).
+
+    With ``overhead``, ``budget`` is what the pools *and* the server's per-slot
+    structures may take (:class:`SlotOverhead`): KV bytes + ``overhead.bytes(g, s)``
+    stay within it. A model whose KV is only hundreds of bytes a token (``tiny``)
+    needs this: SGLang's own structures then cost a sizable share of a slot."""
     pt = bytes_per_token(plan, dims)
+    per_g = overhead.per_token + overhead.per_global
     if pt.local_bytes == 0:
-        g = budget // pt.global_bytes // page * page
+        g = budget // (pt.global_bytes + per_g + overhead.per_local) // page * page
         return PoolSplit(g, g, g * pt.global_bytes, 0)
     if pt.global_bytes == 0:
-        s = budget // pt.local_bytes // page * page
+        s = budget // (pt.local_bytes + overhead.per_token + overhead.per_local) // page * page
         return PoolSplit(0, s, 0, s * pt.local_bytes)
     s = local_pool_cap(window, max_running, chunk, page, eviction_interval, chunks_in_flight)
-    g = (budget - s * pt.local_bytes) // pt.global_bytes // page * page
+    g = (budget - s * (pt.local_bytes + overhead.per_local)) // (pt.global_bytes + per_g) // page * page
+    if g < s:  # the larger pool pays the per-token share: re-solve with the local pool's
+        g = min(g, (budget - s * (pt.local_bytes + overhead.per_local + overhead.per_token))
+                // (pt.global_bytes + overhead.per_global) // page * page)
     if g <= 0:
         raise ValueError(
             f"the local pool for {max_running} running requests ({s} tokens, "

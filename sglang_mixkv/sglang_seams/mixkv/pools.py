@@ -32,6 +32,7 @@ prompts (``radix_cache.py:592-605``).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -121,6 +122,74 @@ def kv_budget_cap() -> Optional[int]:
     return int(value) if value else None
 
 
+def registry_bytes_per_token() -> int:
+    """Bytes per token of the token-axis buffers SGLang's ``EagerRunner`` allocates
+    right after the pools (``model_executor/runner/eager_runner.py:110-131``): its
+    registry's token axis is ``max(max_total_num_tokens, prefill buffer)`` long
+    (``:110-111``), one slot each for ``input_ids``, ``positions``, ``out_cache_loc``
+    and ``mrope_positions`` (``model_executor/cuda_graph_buffer_registry.py:561-600``).
+    Measured on SGLang's own registry, built on the ``meta`` device (no memory), so an
+    upgrade that adds a slot is counted."""
+    from sglang.srt.model_executor.cuda_graph_buffer_registry import build_decode_registry
+
+    tokens = 1 << 10
+    reg = build_decode_registry(device=torch.device("meta"), max_bs=1, max_num_token=tokens,
+                                seq_len_fill_value=0, cache_loc_dtype=torch.int64,
+                                register_global_num_tokens=False, share_pool=False)
+    slots = [reg.get_slot(name) for name in reg.slot_names()]
+    nbytes = sum(s.buffer.nbytes for s in slots if s.axis == "tokens" and s.buffer is not None
+                 and s.buffer.device.type == "meta")
+    return -(-nbytes // tokens)
+
+
+#: Bytes per slot of SGLang 0.5.17's allocators, held beside the pools: an int64 free
+#: list per pool (``mem_cache/allocator/token.py:42-46``; ``free`` concatenates a new
+#: list while the old one is alive, ``:66-76``: twice that at its peak) and, for the
+#: hybrid pool, the int64 full->SWA index map (``mem_cache/allocator/swa.py:82-91``).
+FREE_LIST_PEAK_BYTES = 2 * 8
+SWA_MAP_BYTES = 8
+
+
+def slot_overhead() -> kv_math.SlotOverhead:
+    """What SGLang allocates per token slot outside the KV buffers, after our pools:
+    the eager registry (per slot of the larger pool, SGLang's ``max_total_num_tokens``)
+    and the allocators' lists (per slot of each pool). The pool configurator budgets
+    these with the KV (``kv_math.pool_split``), since SGLang's own reserve
+    (``server_args.py:4740-4785``: 512 MiB + 1.5 MiB per chunk token + graphs, at
+    least 10 GiB on a >60 GiB GPU) is a constant: a ``tiny`` model's 512-byte tokens
+    fill a 140 GiB GPU with 270M slots, whose buffers (~20 GiB) then outgrow it."""
+    return kv_math.SlotOverhead(per_token=registry_bytes_per_token(),
+                                per_global=FREE_LIST_PEAK_BYTES + SWA_MAP_BYTES,
+                                per_local=FREE_LIST_PEAK_BYTES)
+
+
+def graph_buffer_bytes(server_args, model_config) -> int:
+    """Bytes of the decode CUDA-graph buffers that grow with what ``serve`` chose, held
+    beside the pools: the triton backend's split-KV scratch, ``max_bs x heads x splits
+    x (v_dim + 1)`` float32 (``layers/attention/triton_backend.py:962-991``; ``serve``
+    raises the split cap 8 -> up to 256, ``launch.decode_kv_splits``), and Ada-KV's
+    per-head index lists, ``max_bs x KV heads x context`` int64
+    (``mixkv/triton.py``). SGLang's own reserve assumes the stock 8 splits. Zero on a
+    CPU and without decode graphs."""
+    from sglang.srt.model_executor.cuda_graph_config import Backend
+    from sglang.srt.runtime_context import get_parallel
+
+    sa, mc = server_args, model_config
+    decode = sa.cuda_graph_config.decode
+    if sa.device != "cuda" or decode.backend == Backend.DISABLED or not decode.max_bs:
+        return 0
+    tp = get_parallel().attn_tp_size
+    total = 0
+    if (sa.decode_attention_backend or sa.attention_backend) == "triton":
+        heads = mc.get_num_attention_heads(tp)
+        total += decode.max_bs * heads * sa.triton_attention_num_kv_splits * (mc.v_head_dim + 1) * 4
+    from sglang_mixkv.adakv import config_for
+
+    if config_for(mc.hf_config) is not None:
+        total += decode.max_bs * mc.get_num_kv_heads(tp) * (mc.context_len * 8 + 12)
+    return total
+
+
 def _pool_configurator_base():
     from sglang.srt.model_executor.pool_configurator import MemoryPoolConfigurator
 
@@ -178,19 +247,33 @@ class MixKVPoolConfigurator(_pool_configurator_base()):
         # (SGLang frees FULL slots only when a request ends) plus one context of cached
         # prefixes (the tree evicts its FULL-only nodes when the ids run short).
         self.ids = ((sa.max_running_requests or running or 0) + 1) * mc.context_len
+        #: bytes allocated after the pools that do not scale with their slots
+        self.fixed_bytes = graph_buffer_bytes(sa, mc)
 
     def calculate_pool_sizes(self, available_bytes: int, page_size: int):
+        """Pools for ``available_bytes`` (SGLang's free memory after the weights, minus
+        its reserve): KV plus :func:`slot_overhead` fit in it; ``--kv-budget`` caps the
+        KV bytes alone."""
+        overhead = slot_overhead()
+        room = available_bytes - self.fixed_bytes
+        if self.id_pool:  # the zero-byte global pool's token ids cost their overhead too
+            room -= self.ids * (overhead.per_token + overhead.per_global)
+            overhead = kv_math.SlotOverhead(per_local=overhead.per_local)
+        split = kv_math.pool_split(room, self.plan, self.dims, page=page_size,
+                                   overhead=overhead, **self.sizing)
         cap = kv_budget_cap()
-        if cap is not None:
-            available_bytes = min(available_bytes, cap)
-        split = kv_math.pool_split(available_bytes, self.plan, self.dims, page=page_size,
-                                    **self.sizing)
+        if cap is not None and cap < split.global_bytes + split.local_bytes:
+            capped = kv_math.pool_split(cap, self.plan, self.dims, page=page_size, **self.sizing)
+            split = min(split, capped, key=lambda x: x.global_bytes + x.local_bytes)
         logger.info(
             "MixKV pools for plan %s: global %d tokens (%.2f GiB, %d layers), "
-            "local %d tokens (%.2f GiB, %d layers), budget %.2f GiB",
+            "local %d tokens (%.2f GiB, %d layers), available %.2f GiB, KV cap %s, "
+            "%d B per slot outside the KV, %.2f GiB of graph buffers",
             self.plan, split.global_tokens, split.global_bytes / 2**30,
             len(self.plan.global_producers), split.local_tokens, split.local_bytes / 2**30,
             len(self.plan.local_producers), available_bytes / 2**30,
+            "none" if cap is None else f"{cap / 2**30:.2f} GiB",
+            overhead.per_token + overhead.per_global, self.fixed_bytes / 2**30,
         )
         return self._config(split.global_tokens, split.local_tokens, page_size)
 
@@ -217,3 +300,85 @@ class MixKVPoolConfigurator(_pool_configurator_base()):
         )
 
 
+
+
+# ---- planning without the GPU -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """What a server of these flags would allocate on a GPU: SGLang's static memory
+    fraction for it, the bytes its pool configurator is offered (free memory less the
+    weights and SGLang's reserve, taking torch's whole capacity as free before the
+    weights: an upper bound by the CUDA context, ~0.5 GiB), our pools in it, and what
+    SGLang and we allocate after them (:func:`slot_overhead`, :func:`graph_buffer_bytes`)."""
+
+    mem_fraction_static: float
+    reserve_bytes: int
+    available_bytes: int
+    global_tokens: int
+    local_tokens: int
+    kv_bytes: int
+    after_pool_bytes: int
+
+    def describe(self) -> str:
+        gib = 2**30
+        return (f"SGLang's static fraction {self.mem_fraction_static} (reserve "
+                f"{self.reserve_bytes / gib:.2f} GiB); offered {self.available_bytes / gib:.2f} "
+                f"GiB: KV pools {self.kv_bytes / gib:.2f} GiB (global {self.global_tokens:,} "
+                f"tokens, local {self.local_tokens:,}), then {self.after_pool_bytes / gib:.2f} "
+                f"GiB of per-slot and graph buffers")
+
+
+def plan_pools(model_dir, flags: list[str], gpu, weight_bytes: int,
+               env: dict[str, str] | None = None) -> PoolPlan:
+    """Run SGLang's own memory settings (``server_args.py:4607-4800``) for ``flags`` as
+    on ``gpu`` (a ``device.GpuFacts``), then our configurator on what that leaves
+    (``mem_cache/kv_cache_configurator.py:1620-1645``: free memory before the weights
+    times ``1 - mem_fraction_static`` is held back). ``env``: the server's extra
+    environment (``serve``'s), applied while planning."""
+    import argparse
+    import os
+    from types import SimpleNamespace
+
+    import sglang.srt.server_args as sglang_args
+    from sglang.srt.configs.model_config import ModelConfig
+    from sglang.srt.runtime_context import get_parallel
+
+    saved_env = {k: os.environ.get(k) for k in (env or {})}
+    saved_capacity = sglang_args.get_device_memory_capacity
+    os.environ.update(env or {})
+    sglang_args.get_device_memory_capacity = lambda *a, **k: gpu.memory_mib
+    try:
+        parser = argparse.ArgumentParser()
+        sglang_args.ServerArgs.add_cli_args(parser)
+        sa = sglang_args.ServerArgs.from_cli_args(parser.parse_args(
+            ["--model-path", str(model_dir), *flags, "--device", "cuda"]))
+        mc = ModelConfig.from_server_args(sa)
+        plan = served.plan_for(mc.hf_config)
+        dtype = mc.dtype if sa.kv_cache_dtype == "auto" else torch.float8_e4m3fn
+        kvc = SimpleNamespace(
+            model_config=mc, server_args=sa, kv_cache_dtype=dtype, kv_cache_dtype_str=str(dtype),
+            spec_algorithm=None, ps=SimpleNamespace(attn_dp_size=1),
+            sliding_window_size=(int(mc.hf_config.sliding_window) - 1
+                                 if plan is not None and plan.local_producers else None))
+        free = gpu.torch_mib << 20
+        reserve = int(free * (1 - sa.mem_fraction_static))
+        available = free - weight_bytes - reserve
+        ranks = dict(attn_tp_size=sa.tp_size, tp_size=sa.tp_size, attn_dcp_size=1,
+                     attn_dcp_rank=0, dcp_size=1, dcp_rank=0)
+        with get_parallel().override(**ranks):
+            conf = MixKVPoolConfigurator(kvc)
+            cfg = conf.calculate_pool_sizes(available, sa.page_size or 1)
+    finally:
+        sglang_args.get_device_memory_capacity = saved_capacity
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    g, s = cfg.full_max_total_num_tokens or 0, cfg.swa_max_total_num_tokens or 0
+    pt = kv_math.bytes_per_token(conf.plan, conf.dims)
+    return PoolPlan(sa.mem_fraction_static, reserve, available, g, s,
+                    g * pt.global_bytes + s * pt.local_bytes,
+                    slot_overhead().bytes(g, s) + conf.fixed_bytes)
