@@ -127,7 +127,8 @@ def build_command(args: argparse.Namespace, sglang_flags: list[str]) -> tuple[li
         raise ValueError(f"{model_dir}/config.json is neither a MixAttention folder (mixkv_plan) "
                          f"nor a Gemma 3n / Gemma 4 model (model_type {cfg.get('model_type')!r})")
     family = gemma.family(cfg)
-    gpu = has_gpu()
+    planned = device.known_gpu(args.gpu) if args.gpu else None
+    gpu = planned is not None or has_gpu()
     size = get_size(cfg.get("mixkv_size", "paper" if family and gpu else size.name))
 
     flags = list(sglang_flags)
@@ -146,12 +147,13 @@ def build_command(args: argparse.Namespace, sglang_flags: list[str]) -> tuple[li
         if not launch.flag_given(flags, name):
             flags += [name] if value is None else [name, value]
 
+    if gpu:
+        facts = planned or device.this_gpu()
+        context = int(cfg.get("max_position_embeddings") or 0) or size.max_position
+        flags = launch.triton_split_flags(flags, facts.sm_count, context)
     env = {**launch.flashinfer_env(plan, flags), **extra_env}
     flags = launch.fast_prefill_flags(plan, flags, args.fast_prefill, gpu)
     ada = adakv_config(args, plan, cfg)
-    if ada is not None and gpu and not launch.flag_given(flags, "--disable-cuda-graph"):
-        print("sglang-mixkv: Ada-KV: CUDA graphs off (a captured decode replays fixed index "
-              "lists, not per-head kept cells)", file=sys.stderr)
     flags = launch.adakv_flags(ada, flags, gpu)
     if not gpu:
         env.update(launch.cpu_tp_env(flags))
@@ -223,11 +225,34 @@ def parser() -> argparse.ArgumentParser:
                      help="whose queries score a shared KV head: the producer's (AdaKV's "
                      "per-layer rule) or every layer that reads it")
     ap.add_argument("--dry-run", action="store_true", help="print the command and exit")
+    ap.add_argument("--gpu", metavar="NAME", help="with --dry-run: plan for this GPU (%s) on a "
+                    "machine without it: the command serve would run there (backend, decode "
+                    "split count, graph flags) and the pools SGLang would get"
+                    % ", ".join(device.KNOWN_GPUS))
     return ap
+
+
+def pool_plan(cmd: list[str], env: dict, model_dir: Path, gpu: str) -> str:
+    """The pools a server of ``cmd`` would get on ``gpu`` (``serve --dry-run --gpu``)."""
+    from sglang_mixkv.model_folder import param_count
+    from sglang_mixkv.sglang_seams.mixkv.pools import plan_pools
+
+    cfg = json.loads((model_dir / "config.json").read_text())
+    size = get_size(cfg.get("mixkv_size", "paper"))
+    dtype_bytes = {"float32": 4}.get(cfg.get("torch_dtype") or cfg.get("dtype"), 2)
+    weights = param_count(size, served.plan_for(cfg)) * dtype_bytes
+    flags = cmd[cmd.index("--model-path") + 2:]
+    facts = device.known_gpu(gpu)
+    return f"{facts.name} ({facts.memory_mib:,} MiB): " + plan_pools(
+        model_dir, flags, facts, weights, env).describe()
 
 
 def main(argv: list[str] | None = None) -> int:
     args, sglang_flags = parser().parse_known_args(argv)
+    if args.gpu and not args.dry_run:
+        print("error: --gpu plans for a GPU this machine may not have: use it with --dry-run",
+              file=sys.stderr)
+        return 2
     try:
         cmd, env, model_dir = build_command(args, sglang_flags)
     except plans.PlanError as e:
@@ -244,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     print("sglang-mixkv: " + " ".join(f"{k}={v}" for k, v in shown.items()) + " " + " ".join(cmd),
           file=sys.stderr, flush=True)
     if args.dry_run:
+        if args.gpu and served.plan_for(json.loads((model_dir / "config.json").read_text())):
+            print("sglang-mixkv: pools: " + pool_plan(cmd, env, model_dir, args.gpu),
+                  file=sys.stderr)
         return 0
     os.execve(sys.executable, cmd, {**os.environ, **env})
 

@@ -57,6 +57,44 @@ def device_defaults(gpu: bool) -> dict[str, str | None]:
     return {"--device": "cpu", "--attention-backend": "torch_native", "--sleep-on-idle": None}
 
 
+#: SGLang's ``--triton-attention-num-kv-splits`` default (``server_args.py``), and the
+#: fewest keys its MLA path gives one split (``layers/attention/triton_backend.py:70``).
+STOCK_KV_SPLITS = 8
+MIN_KEYS_PER_SPLIT = 32
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def decode_kv_splits(sm_count: int, context_len: int) -> int:
+    """The triton decode kernel's split-KV cap for a GPU of ``sm_count`` SMs serving
+    contexts up to ``context_len`` tokens.
+
+    SGLang's decode kernel runs one program per (request, KV-head block, split)
+    (``kernels/ops/attention/decode_attention.py:640-650``), and
+    ``get_num_kv_splits_triton`` (``kernels/ops/attention/metadata.py``) picks each
+    batch's splits to fill about ``sm_count * log2(seq / 64)`` programs, but never more
+    than this cap. At the stock cap of 8, one request at 31K with 4 KV heads runs 32
+    programs on 132 SMs (measured: 5-10x off the bandwidth bound). The cap here is
+    SGLang's own for MLA (``_mla_decode_kv_splits_cap``, ``triton_backend.py:73-80``):
+    the SM count rounded up to a power of two, but no more splits than the longest
+    context has blocks of 32 keys, and never below the stock 8."""
+    sm_cap = _next_power_of_2(sm_count)
+    ctx_cap = _next_power_of_2(-(-int(context_len) // MIN_KEYS_PER_SPLIT))
+    return max(STOCK_KV_SPLITS, min(sm_cap, ctx_cap))
+
+
+def triton_split_flags(flags: list[str], sm_count: int, context_len: int) -> list[str]:
+    """``flags`` with ``--triton-attention-num-kv-splits`` set by :func:`decode_kv_splits`
+    for a server on the triton backend, unless the user gave it."""
+    decode = flag_value(flags, "--decode-attention-backend") or flag_value(flags, "--attention-backend")
+    if decode != "triton" or flag_given(flags, "--triton-attention-num-kv-splits"):
+        return flags
+    context = int(flag_value(flags, "--context-length") or context_len)
+    return flags + ["--triton-attention-num-kv-splits", str(decode_kv_splits(sm_count, context))]
+
+
 def flashinfer_env(plan: plans.Plan, flags: list[str]) -> dict[str, str]:
     """Keep flashinfer's prefill on its paged path for plans with local layers.
 
@@ -145,9 +183,11 @@ def adakv_flags(cfg, flags: list[str], gpu: bool) -> list[str]:
     - ``--enable-mixed-chunk``: a compressed request must never extend again (its prompt
       KV is no longer position-ordered); mixed batches extend and decode together: refused.
     - speculative decoding and DP attention: not built for (refused).
-    - CUDA graphs: a captured decode replays fixed index lists, not per-head ones, so on a
-      GPU serve turns them off (``--disable-cuda-graph``) unless told otherwise, which is
-      refused."""
+    - CUDA graphs: decode graphs stay on (``mixkv/triton.py`` rebuilds the per-head lists
+      inside the graph from device tables); prefill graphs go off
+      (``--disable-prefill-cuda-graph``): scoring stashes the window queries and
+      compresses after the forward, per request, on the host. A prefill graph setting of
+      the user's is refused."""
     if cfg is None:
         return flags
     backends = {flag_value(flags, f) for f in ("--attention-backend", "--decode-attention-backend",
@@ -163,13 +203,15 @@ def adakv_flags(cfg, flags: list[str], gpu: bool) -> list[str]:
         if flag_given(flags, flag):
             raise ValueError(f"Ada-KV with {flag}: {why}")
     if gpu:
-        graphs = [f for f in ("--cuda-graph-config", "--cuda-graph-max-bs",
-                              "--cuda-graph-backend-decode") if flag_given(flags, f)]
-        if graphs:
-            raise ValueError(f"Ada-KV with {', '.join(graphs)}: a decode CUDA graph replays "
-                             "fixed index lists, not per-head kept cells")
-        if not flag_given(flags, "--disable-cuda-graph"):
-            flags = flags + ["--disable-cuda-graph"]
+        prefill = flag_value(flags, "--cuda-graph-backend-prefill")
+        if flag_given(flags, "--cuda-graph-config") or prefill not in (None, "disabled"):
+            raise ValueError("Ada-KV with a prefill CUDA graph setting: scoring and compaction "
+                             "run on the host after each prompt's last chunk; prefill runs "
+                             "eagerly (--disable-prefill-cuda-graph)")
+        if not any(flag_given(flags, f) for f in ("--disable-prefill-cuda-graph",
+                                                   "--disable-cuda-graph",
+                                                   "--cuda-graph-backend-prefill")):
+            flags = flags + ["--disable-prefill-cuda-graph"]
     return with_model_override(flags, ADAKV_CONFIG_KEY, cfg.to_config())
 
 
