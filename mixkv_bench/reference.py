@@ -222,3 +222,14 @@ class Reference:
             lps.append(lp[tok].item())
             seq.append(tok)
         return Generation(out, lps)
+
+
+def server_kept(debug: Path, rid: str) -> Kept:
+    """{global producer: [per KV head: kept positions]} a server with
+    ``MIXKV_ADAKV_DEBUG_JSONL=debug`` logged for request ``rid`` (empty: not compressed)."""
+    heads: dict[int, dict[int, list[int]]] = {}
+    for line in (debug.read_text().splitlines() if debug.exists() else []):
+        row = json.loads(line)
+        if row["rid"] == rid:
+            heads.setdefault(row["layer"], {})[row["head"]] = row["positions"]
+    return {layer: [hs[h] for h in sorted(hs)] for layer, hs in heads.items()}

@@ -3,13 +3,11 @@ prompts, and comparisons with the reference's independent selection."""
 
 from __future__ import annotations
 
-import json
 import random
-from pathlib import Path
 
 import torch
 
-from mixkv_bench.reference import AdaBudget, Reference
+from mixkv_bench.reference import AdaBudget, Reference, server_kept  # noqa: F401 (re-exported)
 
 #: Kept sets may differ only at positions whose pooled score is this close to the head's
 #: cut-off score (float32 on the server, float64 in the reference; plateaus from
@@ -17,14 +15,6 @@ from mixkv_bench.reference import AdaBudget, Reference
 EPS = 1e-6
 
 
-def server_kept(debug: Path, rid: str) -> dict[int, list[list[int]]]:
-    """{global producer: [per KV head: kept positions]} the server logged for ``rid``."""
-    heads: dict[int, dict[int, list[int]]] = {}
-    for line in (debug.read_text().splitlines() if debug.exists() else []):
-        row = json.loads(line)
-        if row["rid"] == rid:
-            heads.setdefault(row["layer"], {})[row["head"]] = row["positions"]
-    return {layer: [hs[h] for h in sorted(hs)] for layer, hs in heads.items()}
 
 
 def assert_kept_match(server: dict, ref: Reference, prompt: list[int], cfg: AdaBudget,

@@ -47,36 +47,11 @@ interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs in the interprete
 
 
 def build(tmp_path, spec: str):
-    from sglang.srt.configs.model_config import ModelConfig
-    from sglang.srt.mem_cache.allocator.swa import SWATokenToKVPoolAllocator
-    from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
-    from sglang.srt.mem_cache.swa_memory_pool import SWAKVPool
-    from sglang.srt.runtime_context import get_parallel, publish
-    from sglang.srt.server_args import ServerArgs
-
-    from sglang_mixkv.model import sglang_window
-    from sglang_mixkv.sglang_seams.mixkv.triton import WindowedTritonBackend
+    """(backend, pool, allocator, req_to_token pool, one-rank context) for ``spec``."""
+    from mixkv_bench import standalone
 
     model_dir = write_model_folder(tmp_path / spec, SIZE, spec, window=WINDOW)
-    mc = ModelConfig(str(model_dir))
-    pool = SWAKVPool(size=256, size_swa=256, page_size=1, dtype=torch.float32,
-                     head_num=SIZE.kv_heads, head_dim=SIZE.head_dim,
-                     swa_attention_layer_ids=mc.swa_attention_layer_ids,
-                     full_attention_layer_ids=mc.full_attention_layer_ids, device="cpu")
-    alloc = SWATokenToKVPoolAllocator(256, 256, 1, torch.float32, "cpu", pool, need_sort=False)
-    r2t = ReqToTokenPool(size=MAX_BS, max_context_len=128, device="cpu", enable_memory_saver=False)
-    sa = ServerArgs(model_path=str(model_dir), device="cpu", attention_backend="triton",
-                    triton_attention_num_kv_splits=2, chunked_prefill_size=32)
-    publish(sa, role="test")
-    runner = SimpleNamespace(
-        req_to_token_pool=r2t, token_to_kv_pool=pool, token_to_kv_pool_allocator=alloc,
-        sliding_window_size=sglang_window(mc.hf_config) if mc.swa_attention_layer_ids else 4096,
-        is_draft_worker=False, model_config=mc, device="cpu", gpu_id=0, server_args=sa,
-    )
-    single = dict(attn_tp_size=1, tp_size=1, attn_dcp_size=1, attn_dcp_rank=0, dcp_size=1, dcp_rank=0)
-    with get_parallel().override(**single):
-        backend = WindowedTritonBackend(runner)
-    return backend, pool, alloc, r2t, get_parallel().override(**single)
+    return standalone.build(model_dir, slots=256, max_bs=MAX_BS, context=128, splits=2)
 
 
 def fill(pool, alloc, r2t, lens: list[int]):
@@ -113,14 +88,9 @@ def decode(backend, layer, q, bs):
 
 
 def batch(r2t, lens):
-    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+    from mixkv_bench.standalone import decode_batch
 
-    seq = torch.tensor(lens, dtype=torch.int64)
-    return SimpleNamespace(
-        batch_size=len(lens), req_pool_indices=torch.arange(len(lens)), seq_lens=seq,
-        seq_lens_cpu=seq, seq_lens_sum=int(seq.sum()), forward_mode=ForwardMode.DECODE,
-        spec_info=None, encoder_lens=None, out_cache_loc=torch.zeros(len(lens), dtype=torch.int64),
-    )
+    return decode_batch(lens)
 
 
 @interpreted
@@ -173,3 +143,125 @@ def test_decode_window_keeps_other_models_as_they_are():
     assert decode_window(None, ns({})) is None
     assert decode_window(7, ns(to_config(parse("LlGg"), 8))) == 8
     assert decode_window(4096, ns(to_config(parse("GgGg"), 8))) is None
+
+
+# ---- Ada-KV: per-head cells, eager and CUDA graph -------------------------------------------
+def kept_sets(g, prompt_len: int, window: int, budget: int, heads: int) -> list[torch.Tensor]:
+    """Random per-head kept prompt positions (ascending, the observation window in every
+    head): ``H x (budget - window)`` picks split unevenly between the heads, as Ada-KV's
+    one top-k over all heads does; the total fits the region (``H x (budget + 1)``)."""
+    out, left = [], heads * (budget - window)
+    for h in range(heads):
+        n = left if h == heads - 1 else int(torch.randint(0, left + 1, (1,), generator=g))
+        n = min(n, prompt_len - window)
+        left -= n
+        picks = torch.randperm(prompt_len - window, generator=g)[:n]
+        out.append(torch.cat([picks.sort().values, torch.arange(prompt_len - window, prompt_len)]))
+    total = sum(k.numel() for k in out)
+    assert total <= heads * (budget + 1), total
+    return out
+
+
+def expected_per_head(keys, values, layer, q, lens, kept):
+    """Plain attention per KV head over its kept prompt positions and every position
+    after the prompt (``kept[i]``: None for an uncompressed request), from the K/V as
+    they were before compaction (``keys[i]`` [L, H, D] by position)."""
+    out = []
+    group = layer.tp_q_head_num // layer.tp_k_head_num
+    for i, n in enumerate(lens):
+        heads = []
+        for h in range(layer.tp_k_head_num):
+            if kept[i] is None:
+                pos = torch.arange(n)
+            else:
+                prompt, sets = kept[i]
+                pos = torch.cat([sets[h], torch.arange(prompt, n)])
+            k, v = keys[i][pos, h], values[i][pos, h]
+            qh = q[i, h * group:(h + 1) * group]
+            heads.append(torch.softmax(qh @ k.T * layer.scaling, -1) @ v)
+        out.append(torch.cat(heads))
+    return torch.stack(out)
+
+
+@interpreted
+@pytest.mark.parametrize("spec", ["ma", "cla2"])
+def test_adakv_decode_over_kept_cells_eager_and_graph(tmp_path, spec):
+    """Ada-KV's decode reads each head's kept cells from device tables only: eager, at
+    capture, and at a replay with other requests, lengths and budgets, the output
+    equals plain attention over the kept positions (the server's kept sets: ``compact``
+    moves them as the server does). ``ma``: one global producer read by consumers;
+    ``cla2``: producer, reader, producer, ... (lists rebuilt per producer)."""
+    from sglang.srt.layers.radix_attention import RadixAttention
+
+    from sglang_mixkv.adakv import AdaKVConfig, cut
+    from sglang_mixkv.plan import resolve
+    from sglang_mixkv.sglang_seams.mixkv import adakv as seam
+
+    seam.configure(AdaKVConfig(budget=12, window=4))
+    try:
+        backend, pool, alloc, r2t, single = build(tmp_path, spec)
+        tables = backend.ada_tables
+        assert tables is not None and seam.tables() is tables
+        plan = resolve(spec, SIZE.num_layers)
+        g = torch.Generator().manual_seed(2)
+        lens = [30, 9, 26, 17]  # tokens each request has (prompt + decoded)
+        fill(pool, alloc, r2t, lens)
+        layers = [RadixAttention(SIZE.heads, SIZE.head_dim, SIZE.head_dim**-0.5,
+                                 num_kv_heads=SIZE.kv_heads, layer_id=p, sliding_window_size=-1)
+                  for p in plan.global_producers[:2]]
+        before = {p: [(pool.get_key_buffer(p)[r2t.req_to_token[i, :n].long()].clone(),
+                       pool.get_value_buffer(p)[r2t.req_to_token[i, :n].long()].clone())
+                      for i, n in enumerate(lens)] for p in plan.global_producers}
+
+        def compress(i: int, prompt: int, budget: int) -> dict:
+            """Request i's prompt compressed to random kept sets, as the server does."""
+            kept = {p: kept_sets(g, prompt, 4, budget, SIZE.kv_heads)
+                    for p in plan.global_producers}
+            c = seam.compact(pool, r2t.req_to_token[i], prompt, cut(prompt, budget), kept)
+            tables.write(i, c)
+            return kept
+
+        builds = []
+        real_build = backend._build_head_lists
+        backend._build_head_lists = lambda *a: builds.append(a[0]) or real_build(*a)
+
+        def run(lens_now, rows, compressed, in_graph: bool, in_capture=False):
+            fb = batch(r2t, lens_now)
+            fb.req_pool_indices = torch.tensor(rows)
+            if in_graph:
+                backend.init_forward_metadata_out_graph(fb, in_capture=in_capture)
+            else:
+                backend.init_forward_metadata(fb)
+            builds.clear()
+            # each producer writes its new token (to slot 0, the allocator's dummy slot),
+            # then the first producer's reader comes again
+            for layer, writes in [(x, True) for x in layers] + [(layers[0], False)]:
+                q = torch.randn(len(rows), SIZE.heads, SIZE.head_dim, generator=g)
+                kv = torch.zeros(len(rows), SIZE.kv_heads, SIZE.head_dim)
+                got = backend.forward_decode(q.reshape(len(rows), -1), kv, kv, layer, fb,
+                                             save_kv_cache=writes).view_as(q)
+                keys = [before[layer.layer_id][r][0] for r in rows]
+                values = [before[layer.layer_id][r][1] for r in rows]
+                kept = [(compressed[r][0], compressed[r][1][layer.layer_id])
+                        if r in compressed else None for r in rows]
+                torch.testing.assert_close(got, expected_per_head(keys, values, layer, q,
+                                                                  lens_now, kept))
+            # every producer builds its lists in every forward (a graph records each warm-up
+            # and capture run); the reader rebuilds only if another producer came between
+            assert builds == [x.layer_id for x in layers] + [layers[0].layer_id] * (len(layers) > 1)
+
+        with single:
+            # eager: requests 0 and 2 compressed (prompts 22 and 20, budget 12), 1 and 3 not
+            compressed = {0: (22, compress(0, 22, 12)), 2: (20, compress(2, 20, 12))}
+            run([30, 9, 26, 17], [0, 1, 2, 3], compressed, in_graph=False)
+            # graph: capture with that batch, replay with other rows, lengths and a
+            # request compressed since, with another budget
+            backend.init_cuda_graph_state(MAX_BS, MAX_BS)
+            for _ in range(2):  # SGLang runs the forward again inside the capture
+                run([30, 9, 26, 17], [0, 1, 2, 3], compressed, in_graph=True, in_capture=True)
+            compressed[3] = (14, compress(3, 14, 8))
+            tables.clear(torch.tensor([1]))  # slot 1 reused by an uncompressed request
+            run([17, 25, 8], [3, 0, 1], compressed, in_graph=True)
+    finally:
+        seam.configure(None)
+        seam.use_tables(None)

@@ -282,6 +282,53 @@ def compressed_states(fb) -> Optional[list[Optional[Compressed]]]:
     return out if any(c is not None for c in out) else None
 
 
+class HeadTables:
+    """Compressed layouts on the device, indexed by ``req_pool_idx``, for attention that
+    must not look at ``Req`` objects (a captured decode reads them on every replay):
+    ``prompt[r]`` (0: slot r's request is uncompressed), ``cut[r]``, and
+    ``offsets[r, j]``: the ``H + 1`` cumulative cell counts of global producer
+    ``producers[j]``'s heads (the :class:`Compressed` fields, on the device).
+
+    Owned by the attention backend that reads them (``mixkv/triton.py`` creates them);
+    written by :meth:`ModelHook._compress` when a prompt compresses, and reset to 0 for
+    every request of an extend batch (:meth:`ModelHook.begin`): a request passes through
+    an extend before it decodes, so a slot reused after a finished or retracted request
+    never shows that request's layout."""
+
+    def __init__(self, req_slots: int, producers: list[int], heads: int, device):
+        self.producers = list(producers)
+        self.heads = heads
+        self.prompt = torch.zeros(req_slots, dtype=torch.int64, device=device)
+        self.cut = torch.zeros(req_slots, dtype=torch.int64, device=device)
+        self.offsets = torch.zeros(req_slots, len(self.producers), heads + 1, dtype=torch.int64,
+                                   device=device)
+
+    def index(self, layer_id: int) -> int:
+        return self.producers.index(layer_id)
+
+    def clear(self, req_pool_indices: torch.Tensor) -> None:
+        self.prompt.index_fill_(0, req_pool_indices.to(self.prompt.device), 0)
+
+    def write(self, r: int, c: Compressed) -> None:
+        self.cut[r] = c.cut
+        for layer_id, off in c.offsets.items():
+            self.offsets[r, self.index(layer_id)] = off.to(self.offsets.device)
+        self.prompt[r] = c.prompt_len
+
+
+_tables: Optional[HeadTables] = None
+
+
+def use_tables(tables: Optional[HeadTables]) -> None:
+    """Install the device tables (the backend that reads them calls this)."""
+    global _tables
+    _tables = tables
+
+
+def tables() -> Optional[HeadTables]:
+    return _tables
+
+
 def head_cells(c: Compressed, layer_id: int, h: int, req_row: torch.Tensor,
                seq_len: int) -> torch.Tensor:
     """Flat cell indices (into the buffer viewed ``[slots * H, D]``) KV head ``h`` of
@@ -315,7 +362,11 @@ class ModelHook:
     def begin(self, fb) -> None:
         """Find the requests of an extend batch whose window rows it holds."""
         self.batch = None
-        if not fb.forward_mode.is_extend() or fb.extend_seq_lens_cpu is None:
+        if not fb.forward_mode.is_extend():
+            return
+        if _tables is not None:  # every request here gets its layout afresh (finish)
+            _tables.clear(fb.req_pool_indices)
+        if fb.extend_seq_lens_cpu is None:
             return
         reqs = reqs_of(fb)
         if reqs is None:
@@ -382,6 +433,7 @@ class ModelHook:
                 "adakv": [info.get(j) for j in range(fb.batch_size)]}
 
     def _compress(self, req, st: State, fb, layers) -> Compressed:
+        """Score and select per head (:mod:`sglang_mixkv.adakv`), then :func:`compact`."""
         from sglang.srt.model_executor.forward_context import (get_req_to_token_pool,
                                                                get_token_to_kv_pool)
 
@@ -389,38 +441,52 @@ class ModelHook:
         pool = get_token_to_kv_pool()
         row = get_req_to_token_pool().req_to_token[req.req_pool_idx]
         slots = row[:p].to(torch.int64)
-        first = layers[self.producers[0]].self_attn
-        heads, head_dim = first.attn.tp_k_head_num, first.attn.head_dim
-        c = ada.cut(p, cfg.budget, _page)
-        region = row[c:p].to(torch.int64)
-        cells = (region.unsqueeze(1) * heads + torch.arange(heads, device=region.device)).reshape(-1)
-        out = Compressed(p, c, heads, cells, {}, {})
+        heads = layers[self.producers[0]].self_attn.attn.tp_k_head_num
         window = torch.arange(p - cfg.window, p, device=slots.device)
+        kept_by_layer = {}
         for layer_id in self.producers:
             attn = layers[layer_id].self_attn.attn
-            k_buf = pool.get_key_buffer(layer_id)
-            v_buf = pool.get_value_buffer(layer_id)
-            keys = k_buf[slots]  # [P, H, D]
+            keys = pool.get_key_buffer(layer_id)[slots]  # [P, H, D]
             per_reader = []
             for reader, rows in sorted(st.stash.get(layer_id, {}).items()):
                 q = torch.stack([rows[pos] for pos in range(p - cfg.window, p)])
                 per_reader.append(ada.window_scores(q, keys, attn.scaling))
             scores = ada.pooled(torch.stack(per_reader).mean(0), heads, cfg.kernel)
-            kept = [torch.cat([s.to(slots.device), window]) for s in ada.select(scores, cfg)]
-            counts = torch.tensor([0] + [k.numel() for k in kept], device=slots.device)
-            offsets = torch.cumsum(counts, 0)
-            if int(offsets[-1]) > cells.numel():  # pragma: no cover - max_cells bounds it
-                raise RuntimeError(f"Ada-KV: {int(offsets[-1])} kept cells exceed the region's "
-                                   f"{cells.numel()}")
-            src = torch.cat([slots[k] * heads + h for h, k in enumerate(kept)])
-            dst = cells[: int(offsets[-1])]
-            for buf in (k_buf, v_buf):
-                flat = buf.view(-1, head_dim)
-                flat[dst] = flat[src].clone()  # gather first: the region overlaps the sources
-            out.offsets[layer_id] = offsets.cpu()
-            out.kept[layer_id] = [k.cpu() for k in kept]
+            kept_by_layer[layer_id] = [torch.cat([s.to(slots.device), window])
+                                       for s in ada.select(scores, cfg)]
+        out = compact(pool, row, p, ada.cut(p, cfg.budget, _page), kept_by_layer)
+        if _tables is not None:
+            _tables.write(req.req_pool_idx, out)
         _record(req, out)
         return out
+
+
+def compact(pool, row: torch.Tensor, prompt_len: int, cut: int,
+            kept_by_layer: dict[int, list[torch.Tensor]]) -> Compressed:
+    """Move each global producer's kept K/V (per head, ascending prompt positions) into
+    its cells of the region ``row[cut:prompt_len]`` and return the layout. ``pool``: the
+    KV pool; ``row``: the request's ``req_to_token`` row. Slots below ``cut`` are left
+    as they are (the scheduler frees them)."""
+    slots = row[:prompt_len].to(torch.int64)
+    region = row[cut:prompt_len].to(torch.int64)
+    first = next(iter(kept_by_layer))
+    heads, head_dim = pool.get_key_buffer(first).shape[1:]
+    cells = (region.unsqueeze(1) * heads + torch.arange(heads, device=region.device)).reshape(-1)
+    out = Compressed(prompt_len, cut, heads, cells, {}, {})
+    for layer_id, kept in kept_by_layer.items():
+        counts = torch.tensor([0] + [k.numel() for k in kept], device=slots.device)
+        offsets = torch.cumsum(counts, 0)
+        if int(offsets[-1]) > cells.numel():  # pragma: no cover - max_cells bounds it
+            raise RuntimeError(f"Ada-KV: {int(offsets[-1])} kept cells exceed the region's "
+                               f"{cells.numel()}")
+        src = torch.cat([slots[k.to(slots.device)] * heads + h for h, k in enumerate(kept)])
+        dst = cells[: int(offsets[-1])]
+        for buf in (pool.get_key_buffer(layer_id), pool.get_value_buffer(layer_id)):
+            flat = buf.view(-1, head_dim)
+            flat[dst] = flat[src].clone()  # gather first: the region overlaps the sources
+        out.offsets[layer_id] = offsets.cpu()
+        out.kept[layer_id] = [k.cpu() for k in kept]
+    return out
 
 
 def _asks(req) -> bool:
