@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup test test-fast bench capacity quality serve clean help
+.PHONY: setup test test-fast bench capacity quality serve gpu-check clean help
 
 help:
 	@echo "make bench     serve each variant, run the harness sweep, write results/<run>/"
@@ -12,6 +12,7 @@ help:
 	@echo "make quality   recall of the trained checkpoints through the endpoint, per plan and budget"
 	@echo "make test      set up .venv, then run the test suite"
 	@echo "make serve     PLAN=ma-offset SIZE=tiny: serve one variant on PORT (30000)"
+	@echo "make gpu-check WHEELS=.whl: the GPU check on a GPU host (DRY_RUN=1: print its commands)"
 
 setup: $(VENV)/.mixkv-setup-ok
 
@@ -72,6 +73,15 @@ SIZE ?= tiny
 PORT ?= 30000
 serve: setup
 	$(PY) -m sglang_mixkv.serve --plan $(PLAN) --size $(SIZE) --port $(PORT) $(SERVE_ARGS)
+
+# The GPU check on a GPU host without a package index (scripts/gpu_check.sh): installs
+# from WHEELS (made beforehand with scripts/gpu/wheels.sh), runs PART, writes OUT.
+# DRY_RUN=1 prints every command instead (any machine, with the venv).
+WHEELS ?= .whl
+GPU_OUT ?= results/gpu-check
+gpu-check: $(if $(DRY_RUN),setup)
+	$(if $(DRY_RUN),PYTHON=$(PY) DRY_RUN=1,WHEELS=$(WHEELS)) OUT=$(GPU_OUT) PART=$(or $(PART),all) \
+		bash scripts/gpu_check.sh
 
 clean:
 	rm -rf models .pytest_cache .hypothesis

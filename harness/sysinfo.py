@@ -29,7 +29,15 @@ def _run(cmd: list[str]) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+#: The commit of a copy without git metadata (a GPU host's), set by whoever copied it.
+COMMIT_ENV = "MIXKV_COMMIT"
+
+
 def git_info(cwd: Path | None = None) -> dict:
+    """The checkout's commit and whether tracked files differ from it; ``$MIXKV_COMMIT``
+    (a copy of a clean checkout made elsewhere) names the commit where git cannot."""
+    if os.environ.get(COMMIT_ENV):
+        return {"commit": os.environ[COMMIT_ENV], "dirty": False, "source": COMMIT_ENV}
     root = cwd or Path(__file__).resolve().parent.parent
     commit = _run(["git", "-C", str(root), "rev-parse", "HEAD"])
     dirty = _run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"])

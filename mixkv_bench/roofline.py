@@ -418,6 +418,8 @@ class LevelBound:
     decode_bytes_per_step: float
     kv_bytes_per_request_step: float  # one request's share of a decode step's bytes (mean):
     # the K/V it reads, its producers' new K/V and its embedding row
+    step_ms_1: float  # one decode step with 1 request running (mean context)
+    step_ms_32: float  # ... with 32 running (what a GPU check reads off the server's log)
 
 
 def level_bound(size: ModelSize, spec: str, hw: Hardware, wl: Workload, level: int,
@@ -466,6 +468,7 @@ def bound(label: str, level: int, hw: Hardware, wl: Workload, serving: Serving, 
         output_tok_per_s=n * o_len / duration, ttft_ms=alone.time(hw) * 1e3,
         tpot_ms=batch_step.time(hw) * 1e3 if steps_per_req else 0.0, prefill_flops=prefill.flops,
         decode_bytes_per_step=batch_step.bytes, kv_bytes_per_request_step=step(1).bytes - weights,
+        step_ms_1=step(1).time(hw) * 1e3, step_ms_32=step(32).time(hw) * 1e3,
     )
 
 
