@@ -376,6 +376,9 @@ def main(argv=None) -> int:
     if unknown:
         ap.error(f"unknown part(s) {', '.join(sorted(unknown))}; parts: {', '.join(PARTS)}")
     check = Check(a.out, a.gpu, REHEARSAL if a.rehearse else GPU, a.dry_run)
+    # an outer `timeout` stops this with SIGTERM: unwind, so the servers (each in its own
+    # process session) are stopped and the results so far saved
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     jobs = {"correctness": [(f"correctness {p}", lambda p=p, x=x: correctness(check, p, x))
                             for p, x in TINY_CASES],
             "paper": [(f"paper {v}", lambda v=v: paper(check, v)) for v in PAPER_VARIANTS],
