@@ -15,7 +15,8 @@ repeated):
 - ``invalid``: a known bad input (ids outside the vocabulary, an empty batch row,
   ``top_logprobs_num`` / stop ids / ``logprob_start_len`` out of range, a prompt longer
   than the context, ...); must be a 4xx;
-- ``aborted``: a valid stream the client closes after its first event;
+- ``aborted``: a valid stream the client closes after its first event, or (half of
+  them) after a random 10-300 ms before any event: mid-prefill for a long prompt;
 - ``fuzz``: a random body from :func:`fuzz_case` (ids, lengths, sampling parameters,
   NaN and infinite values, broken grammars, thousands of stop strings, logprob options,
   streaming, batch forms, text and ids at once, malformed JSON); must be 2xx or 4xx;
@@ -79,6 +80,7 @@ class Case:
     body: Any = None
     raw: bytes | None = None
     abort: bool = False  # close the stream after its first event (a streamed body)
+    leave_after: float | None = None  # or leave after this many seconds, before any event
     expect: str = "2xx|4xx"  # "|"-separated status classes ("2xx") or codes ("401")
 
     def show(self) -> str:
@@ -270,7 +272,10 @@ def _valid(rng: random.Random, vocab: int, kind: str = "valid") -> Case:
         body = {"model": "default", "prompt": _ids(rng, vocab, n), "max_tokens": out,
                 "ignore_eos": True, "stream": stream}
         path = "/v1/completions"
-    return Case(kind, path, body, abort=kind == "aborted", expect="2xx")
+    # half the aborted ones leave before their first event: mid-prefill for a long prompt
+    leave = rng.uniform(0.01, 0.3) if kind == "aborted" and _maybe(rng, 0.5) else None
+    return Case(kind, path, body, abort=kind == "aborted" and leave is None, leave_after=leave,
+                expect="2xx")
 
 
 def _invalid(rng: random.Random, vocab: int, context: int) -> Case:
@@ -321,6 +326,15 @@ def _status_ok(status: int, expect: str) -> bool:
 
 async def send(session: aiohttp.ClientSession, url: str, case: Case) -> Outcome:
     """Send ``case``; fill ``problem`` if the answer breaks the rules."""
+    if case.leave_after is not None:  # the client walks away mid-request (prefill, often)
+        try:
+            return await asyncio.wait_for(_send(session, url, case), case.leave_after)
+        except asyncio.TimeoutError:
+            return Outcome(aborted=True)
+    return await _send(session, url, case)
+
+
+async def _send(session: aiohttp.ClientSession, url: str, case: Case) -> Outcome:
     out = Outcome()
     kwargs: dict[str, Any] = ({"data": case.raw, "headers": {"Content-Type": "application/json"}}
                               if case.raw is not None else {"json": case.body}
@@ -381,6 +395,10 @@ async def scheduler_alive(session: aiohttp.ClientSession, url: str) -> str | Non
 POOL_METRICS = {"global_tokens_used": ("sglang:num_used_tokens", "sum"),
                 "local_token_usage": ("sglang:swa_token_usage", "sum")}
 POOL_CAPACITY = {"global_tokens_used": "token_capacity", "local_token_usage": "token_capacity_swa"}
+#: Ada-KV's counters (``sglang_seams/mixkv/adakv.py``), absent on a server without a budget
+ADAKV_METRICS = {name: (f"mixkv:adakv_{metric}_total", "sum") for name, metric in (
+    ("compressed", "compressed_requests"), ("prompt_slots", "prompt_slots"),
+    ("freed_slots", "freed_slots"), ("region_slots", "region_slots"))}
 
 
 async def pool_state(session: aiohttp.ClientSession, url: str, admin_key: str | None,
@@ -409,7 +427,8 @@ async def pool_state(session: aiohttp.ClientSession, url: str, admin_key: str | 
     found = sampler.parse(m, POOL_METRICS)
     pools = {col: {"capacity": usage.get(cap), "used": found.get(col)}
              for col, cap in POOL_CAPACITY.items() if usage.get(cap) is not None}
-    return {"requests_in_server": busy, "cache_flushed": flushed, "pools": pools}
+    return {"requests_in_server": busy, "cache_flushed": flushed, "pools": pools,
+            "adakv": sampler.parse(m, ADAKV_METRICS)}
 
 
 @dataclass
@@ -434,6 +453,10 @@ class Summary:
                 if p["used"] not in (None, 0)]
         if self.pool.get("cache_flushed") is False:
             out.append("the admin key did not flush the cache")
+        ada = self.pool.get("adakv") or {}
+        if ada and ada.get("freed_slots", 0) + ada.get("region_slots", 0) != ada.get("prompt_slots"):
+            out.append(f"Ada-KV counters do not add up: freed {ada.get('freed_slots')} + kept "
+                       f"{ada.get('region_slots')} != compressed prompts' {ada.get('prompt_slots')}")
         return out
 
     def ok(self) -> bool:
@@ -482,7 +505,8 @@ async def run(url: str, cases: list[Case], concurrency: int, seed: int,
                 if dead.is_set():
                     return
                 out = await send(session, url, case)
-                label = str(out.status) + (" aborted" if out.aborted else "") + \
+                label = ("left before any event" if out.status is None and out.aborted else
+                         str(out.status) + (" aborted" if out.aborted else "")) + \
                     (f" with error event {out.error_events[0]}" if out.error_events else "")
                 kinds[case.kind][label] += 1
                 why = await scheduler_alive(session, url)
@@ -536,7 +560,8 @@ def write_results(out: Path, s: Summary, meta: dict) -> Path:
         "`200 with error event 400`: a streamed request SGLang itself refuses once the stream "
         "has started (e.g. `max_new_tokens: -1`, a prompt longer than the context): its "
         "error event carries code 400 (SGLang's `http_server.py:886-904`). `aborted`: the "
-        "client closed the stream after its first event.", "",
+        "client closed the stream after its first event; `left before any event`: it left "
+        "after 10-300 ms, before one (mid-prefill for a long prompt).", "",
         "Prompt lengths (token-id prompts, one per batch row): "
         + ", ".join(f"{k}: {v}" for k, v in s.prompt_tokens.items()), "",
         "`admin`: an admin route (`/pause_generation`, `/flush_cache`, weight updates, ...) "
@@ -550,6 +575,15 @@ def write_results(out: Path, s: Summary, meta: dict) -> Path:
           for name, p in (s.pool.get("pools") or {}).items()], "",
         *([f"Pool problems: {'; '.join(s.pool_problems())}", ""] if s.pool_problems() else []),
     ]
+    ada = s.pool.get("adakv") or {}
+    if ada:
+        lines += [
+            f"Ada-KV: **{ada.get('compressed', 0):.0f} requests compressed** (prompts of at least "
+            "the budget; the others were served uncompressed beside them). Their prompts held "
+            f"{ada.get('prompt_slots', 0):.0f} global slots: {ada.get('freed_slots', 0):.0f} "
+            "freed below the kept regions (after compression, or with the request when it "
+            f"ended first) + {ada.get('region_slots', 0):.0f} kept in them "
+            f"({'they add up' if not s.pool_problems() else 'see the pool problems'}).", ""]
     if s.failures:
         lines += ["```", s.failure_text(limit=20), "```", ""]
     (out / "report.md").write_text("\n".join(lines))
@@ -576,6 +610,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--admin-api-key", default=os.environ.get(ADMIN_API_KEY_ENV) or None,
                     help=f"--url: the server's admin key, used only for the final cache flush "
                     f"(default: ${ADMIN_API_KEY_ENV})")
+    ap.add_argument("--adakv-budget", type=int, help="start the server with Ada-KV at this "
+                    "budget (prompts of at least it compress; the report counts them)")
+    ap.add_argument("--adakv-window", type=int, default=16,
+                    help="with --adakv-budget: the observation window (16)")
     ap.add_argument("--out", type=Path, help="write report.md and soak.json here")
     a = ap.parse_args(argv)
 
@@ -602,6 +640,8 @@ def main(argv: list[str] | None = None) -> int:
         args = ["--plan", "ma", "--size", tiny.name, "--kv-budget", "16MiB",
                 "--max-running-requests", "8", "--chunked-prefill-size", "128",
                 "--enable-metrics"]
+        if a.adakv_budget:
+            args += ["--adakv-budget", str(a.adakv_budget), "--adakv-window", str(a.adakv_window)]
         meta["server"] = "python -m sglang_mixkv.serve " + shlex.join(args) + \
             f"  (SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_BUSY=1; {API_KEY_ENV} and " \
             f"{ADMIN_API_KEY_ENV} generated for the run)"

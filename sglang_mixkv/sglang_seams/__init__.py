@@ -79,6 +79,7 @@ def hooks(cuda: bool) -> list[Hook]:
         Hook(adakv.RESET_RETRACT, adakv.drop_on_retract, "AFTER"),
         Hook(adakv.UNCACHED_SIZES, adakv.count_parked_prefills, "AROUND"),
         *(Hook(target, adakv.cache_unfinished, "AROUND") for target in adakv.CACHE_UNFINISHED),
+        *(Hook(target, adakv.count_release, "BEFORE") for target in adakv.RELEASE),
         # patches/: every model
         Hook(auth.DECIDE, auth.admin_routes_need_the_admin_key, "AROUND"),
         Hook(auth.CHECK_ARGS, auth.keys_from_environment, "BEFORE"),

@@ -29,9 +29,9 @@ def test_plugin_registers_the_model_backends_and_every_hook():
     for name, factory in sglang_seams.ATTENTION_BACKENDS.items():
         assert ATTENTION_BACKENDS[name] is factory
     listed = sglang_seams.hooks(cuda=torch.cuda.is_available())
-    # 7 (3 for Gemma's layer lists) + 4 (Gemma fast prefill) + 6 (Ada-KV) mixkv/ hooks,
+    # 7 (3 for Gemma's layer lists) + 4 (Gemma fast prefill) + 9 (Ada-KV) mixkv/ hooks,
     # 4 admin/key hooks, 3 validation, 6 crash fixes + 2 CPU-only ones, 4 Gemma fixes
-    assert len(listed) == 36 - 2 * torch.cuda.is_available()
+    assert len(listed) == 39 - 2 * torch.cuda.is_available()
     for hook in listed:
         assert callable(pkgutil.resolve_name(hook.target)), hook.target
         registered = [fn for _, fn, _ in HookRegistry._hooks[hook.target]]

@@ -27,9 +27,18 @@ GOOD = [
     dict(input_ids=[[5], [6]], token_ids_logprob=[[1], None], top_logprobs_num=[0, 3]),
     dict(input_ids=[5], logprob_start_len=-1, sampling_params={"n": 2}),
     dict(text="t5 t6", sampling_params={"stop_token_ids": {2, 3}}),
+    dict(input_ids=[5], sampling_params={"custom_params": {"adakv_kept": True, "x": [1]}}),
+    dict(input_ids=[5], sampling_params={"custom_params": None}),
 ]
 
 BAD = [  # (request, words of the message)
+    # issue 31: a string here raised in Ada-KV's scheduler hook and stopped the server
+    (dict(input_ids=[5], sampling_params={"custom_params": "adakv_kept"}),
+     ["sampling_params.custom_params", "object", "str"]),
+    (dict(input_ids=[[5], [6]], sampling_params=[{}, {"custom_params": [1]}]),
+     ["sampling_params[1].custom_params", "object"]),
+    (dict(input_ids=[5], sampling_params={"custom_params": {"adakv_kept": "yes"}}),
+     ["custom_params.adakv_kept", "true or false", "'yes'"]),
     (dict(input_ids=[5, V]), ["input_ids[1] = 512", "[0, 512)"]),
     (dict(input_ids=[-1]), ["input_ids[0] = -1", "[0, 512)"]),
     (dict(input_ids=[5, True]), ["input_ids[1]", "not an integer"]),
@@ -140,3 +149,37 @@ def test_meta_info_always_has_input_top_logprobs():
     meta = {"input_top_logprobs": [[1]]}
     fix.input_top_logprobs_always(None, None, meta)
     assert meta["input_top_logprobs"] == [[1]]
+
+
+# ---- the last guard: our per-request work fails its request, not the scheduler -----------
+def test_a_failing_compression_aborts_that_request_only(monkeypatch):
+    """Ada-KV's hook raising for one request (here: its compression) finishes that
+    request with a 500 and compresses the others of the batch; nothing propagates."""
+    from types import SimpleNamespace
+
+    from sglang.srt.managers.schedule_batch import FINISH_ABORT
+
+    from sglang_mixkv.adakv import AdaKVConfig
+    from sglang_mixkv.plan import resolve
+    from sglang_mixkv.sglang_seams.mixkv import adakv as seam
+
+    hook = seam.ModelHook(AdaKVConfig(budget=16, window=4), resolve("ma", 12))
+    reqs = [SimpleNamespace(rid=f"r{i}", to_finish=None, sampling_params=None) for i in range(3)]
+    states = [seam.State(prompt_len=20) for _ in reqs]
+    hook.batch = [(r, st, j) for j, (r, st) in enumerate(zip(reqs, states))]
+    fb = SimpleNamespace(extend_prefix_lens_cpu=[0, 0, 0], extend_seq_lens_cpu=[20, 20, 20],
+                         batch_size=3)
+    done = SimpleNamespace(seconds=0.0)
+
+    def compress(req, st, fb, layers):
+        if req.rid == "r1":
+            raise RuntimeError("a bug of ours")
+        return done
+
+    monkeypatch.setattr(hook, "_compress", compress)
+    hook.finish(fb, layers=None, logits_output=None)
+    assert isinstance(reqs[1].to_finish, FINISH_ABORT)
+    assert reqs[1].to_finish.status_code == 500 and "Ada-KV compression" in reqs[1].to_finish.message
+    assert states[1].compressed is None
+    assert [reqs[i].to_finish for i in (0, 2)] == [None, None]
+    assert states[0].compressed is done and states[2].compressed is done

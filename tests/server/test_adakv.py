@@ -19,6 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 import pytest
+import requests
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from mixkv_bench.reference import AdaBudget, Reference
 from mixkv_bench.soak import STRICT_MEM_CHECK
@@ -50,7 +53,8 @@ def serve(tmp, spec: str, flags: list[str], *, kv_heads: int | None = None, env=
 @pytest.fixture(scope="module")
 def ma(tmp_path_factory):
     server, ref, debug = serve(tmp_path_factory.mktemp("adakv"), "ma",
-                               ["--adakv-budget", str(B), "--adakv-window", str(WIN)],
+                               ["--adakv-budget", str(B), "--adakv-window", str(WIN),
+                                "--enable-return-hidden-states"],  # the fuzz asks for them
                                env=STRICT_MEM_CHECK)
     yield server, ref, debug
     server.stop()
@@ -360,3 +364,134 @@ def test_prompt_logprobs_of_a_compressed_request_are_the_full_models(ma):
     assert server_kept(debug, "plp"), "the request was meant to compress"
     have = [t[0] for t in out["meta_info"]["input_token_logprobs"]][1:]
     assert max(abs(a - b) for a, b in zip(have, ref.prompt_logprobs(ids))) < LOGPROB_TOL
+
+
+# ---- fuzzing the Ada-KV server (issue 31) ---------------------------------------------------
+
+#: any JSON value, for any field
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) |
+                    st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=6),
+                    lambda inner: st.lists(inner, max_size=3) |
+                    st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=6)
+#: prompt lengths around the observation window (8) and the budget (48), and far past it
+LENGTHS = [1, WIN - 1, WIN, WIN + 1, B - 1, B, B + 1, 3 * B, 6 * B]
+#: fields a request may carry (dotted: inside sampling_params) that get any JSON value
+FIELDS = ["input_ids", "sampling_params", "sampling_params.max_new_tokens",
+          "sampling_params.n", "sampling_params.custom_params",
+          "sampling_params.custom_params.adakv_kept", "return_logprob", "logprob_start_len",
+          "top_logprobs_num", "return_hidden_states", "rid", "stream"]
+GOOD_IDS, GOOD_N = random_prompt(999, 2 * B, SIZE.vocab), 4
+
+
+@st.composite
+def adakv_requests(draw):
+    """(body, how the client leaves: None, ("events", k) or ("seconds", t))."""
+    prompts = [random_prompt(draw(st.integers(0, 10**6)), n, SIZE.vocab)
+               for n in draw(st.lists(st.sampled_from(LENGTHS), min_size=1, max_size=3))]
+    sp = {"max_new_tokens": draw(st.integers(1, 8)), "temperature": 0, "ignore_eos": True}
+    if draw(st.booleans()):
+        sp["n"] = draw(st.integers(1, 2))
+    custom = draw(st.sampled_from(["none", "none", "ask", "ask", "json", "json-ask"]))
+    if custom != "none":
+        sp["custom_params"] = {"ask": {"adakv_kept": True}, "json": draw(JSON),
+                               "json-ask": {"adakv_kept": draw(JSON)}}[custom]
+    body = {"input_ids": prompts if len(prompts) > 1 else prompts[0], "sampling_params": sp,
+            "stream": draw(st.booleans())}
+    if draw(st.booleans()):
+        body.update(return_logprob=True, logprob_start_len=draw(st.sampled_from([-1, 0])),
+                    top_logprobs_num=draw(st.integers(0, 3)))
+    if draw(st.booleans()):
+        body["return_hidden_states"] = True
+    junk = draw(st.lists(st.sampled_from(FIELDS), min_size=1, max_size=2, unique=True))
+    for field in junk if draw(st.integers(0, 9)) < 3 else []:  # most requests are valid
+        where, key = (body["sampling_params"], field.split(".", 1)[1]) if field.startswith(
+            "sampling_params.") and isinstance(body.get("sampling_params"), dict) else (body, field)
+        if "." in key:  # custom_params.adakv_kept
+            if not isinstance(where.get("custom_params"), dict):
+                where["custom_params"] = {}
+            where, key = where["custom_params"], "adakv_kept"
+        where[key] = draw(JSON)
+    leave = draw(st.sampled_from([None, "events", "seconds"]))
+    if leave == "events":
+        return body, ("events", draw(st.integers(0, 3)))
+    if leave == "seconds":
+        return body, ("seconds", draw(st.floats(0.02, 0.4)))
+    return body, None
+
+
+def send_and_maybe_leave(server, body, leave) -> str | None:
+    """Send ``body``; None if the answer keeps the rules (2xx or 4xx, no 5xx error event),
+    else what broke them. The client may leave early (a disconnect the server must
+    absorb)."""
+    timeout = (10, leave[1]) if leave and leave[0] == "seconds" else (10, 300)
+    try:
+        with requests.post(server.url + "/generate", json=body, stream=True,
+                           timeout=timeout) as r:
+            if r.status_code >= 500:
+                return f"HTTP {r.status_code}: {r.text[:300]}"
+            events = 0
+            for line in r.iter_lines():
+                if leave and leave[0] == "events" and events >= leave[1]:
+                    return None  # the client walks away
+                if line.startswith(b"data:") and line.strip() != b"data: [DONE]":
+                    events += 1
+                    err = json.loads(line[5:]).get("error")
+                    code = err.get("code", 500) if isinstance(err, dict) else 500 if err else 0
+                    if isinstance(code, int) and code >= 500:
+                        return f"error event {err}"
+    except requests.exceptions.Timeout:
+        if not (leave and leave[0] == "seconds"):
+            return "no answer in 300 s"
+    return None
+
+
+@pytest.fixture(scope="module")
+def good_answer(ma):
+    """The reference's tokens for the good request (with the server's kept sets)."""
+    server, ref, debug = ma
+    generate(server, GOOD_IDS, GOOD_N, "good-0")
+    return ref.generate(GOOD_IDS, GOOD_N, kept=server_kept(debug, "good-0")).tokens
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(case=adakv_requests())
+# issue 31: a string custom_params stopped the scheduler (AttributeError in Ada-KV's hook)
+@example(case=({"input_ids": random_prompt(5, 3 * B, SIZE.vocab), "sampling_params": {
+    "max_new_tokens": 4, "custom_params": "adakv_kept"}}, None))
+@example(case=({"input_ids": random_prompt(6, 3 * B, SIZE.vocab), "sampling_params": {
+    "max_new_tokens": 4, "custom_params": {"adakv_kept": "yes"}}}, ("events", 1)))
+def test_fuzzed_requests_never_take_the_adakv_server_down(ma, good_answer, case):
+    """Any body (every JSON type at every field, inside ``custom_params`` too; prompts
+    around the observation window and the budget; batches mixing compressing and
+    uncompressed prompts; ``n`` > 1, prompt logprobs, hidden states, streams) and clients
+    that leave at random moments (prefill, compression, decode): the answer is 2xx or
+    4xx, and then the server answers a good request with the reference's tokens."""
+    server, _, _ = ma
+    body, leave = case
+    problem = send_and_maybe_leave(server, body, leave)
+    assert problem is None, f"{problem}\nbody: {json.dumps(body)[:600]}, leave: {leave}"
+    assert server.alive(), f"the server exited after {json.dumps(body)[:600]}"
+    out = generate(server, GOOD_IDS, GOOD_N, "good")
+    assert [t[1] for t in out["meta_info"]["output_token_logprobs"]] == good_answer
+
+
+def test_after_the_fuzz_the_pools_are_empty_and_the_counters_add_up(ma):
+    """Leak check once the fuzz is done: both pools hold nothing, and every compressed
+    prompt's slots are accounted for: freed below its region + kept in it = its prompt."""
+    server, _, _ = ma
+    assert idle_pool_used(server) == 0
+    state = asyncio.run(_pool_state(server.url))
+    assert {name: p["used"] for name, p in state["pools"].items()} == {
+        "global_tokens_used": 0, "local_token_usage": 0}, state
+    freed, region, prompt = (metric(server, f"mixkv:adakv_{n}_slots_total")
+                             for n in ("freed", "region", "prompt"))
+    assert prompt > 0 and freed + region == prompt, (freed, region, prompt)
+    assert "leak" not in server.log_text().lower()
+
+
+async def _pool_state(url):
+    from mixkv_bench.soak import pool_state
+
+    async with aiohttp.ClientSession() as s:
+        return await pool_state(s, url, None)

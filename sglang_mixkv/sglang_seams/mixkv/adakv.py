@@ -64,6 +64,8 @@ import torch
 
 from sglang_mixkv import adakv as ada
 from sglang_mixkv import plan as plans
+from sglang_mixkv.sglang_seams.guard import failing_request
+from sglang_mixkv.sglang_seams.patches.validation import ADAKV_ASK as ASK_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +75,11 @@ RESET_RETRACT = "sglang.srt.managers.schedule_batch.Req.reset_for_retract"
 CACHE_UNFINISHED = ("sglang.srt.managers.scheduler.maybe_cache_unfinished_req",
                     "sglang.srt.managers.scheduler_components.batch_result_processor."
                     "maybe_cache_unfinished_req")
+RELEASE = tuple(f"sglang.srt.managers.{ns}.release_kv_cache" for ns in (
+    "scheduler", "scheduler_components.batch_result_processor", "schedule_batch"))
 UNCACHED_SIZES = ("sglang.srt.managers.scheduler_components.invariant_checker."
                   "SchedulerInvariantChecker._get_total_uncached_sizes")
 DEBUG_ENV = "MIXKV_ADAKV_DEBUG_JSONL"
-ASK_KEY = "adakv_kept"  # sampling_params.custom_params key that asks for meta_info["adakv"]
 
 #: The served model's settings, set when the model is built (every scheduler process
 #: builds its model before it admits a request). None: Ada-KV off.
@@ -121,6 +124,7 @@ class State:
     prompt_len: int
     stash: dict[int, dict[int, dict[int, torch.Tensor]]] = field(default_factory=dict)
     compressed: Optional[Compressed] = None
+    failed: bool = False  # scoring or compression raised: the request was aborted
 
 
 def state(req) -> Optional[State]:
@@ -182,6 +186,20 @@ def cache_unfinished(original: Callable, req, tree_cache, *args, **kwargs):
             metrics().freed.inc(c.cut - lo)
         if tree_cache.supports_swa():
             _free_swa_behind_the_window(req, tree_cache)
+        c.freed = True
+    return None
+
+
+def count_release(req, tree_cache, *args, **kwargs) -> None:
+    """BEFORE SGLang's ``release_kv_cache`` (``mem_cache/common.py:132``, in the three
+    namespaces that call it, :data:`RELEASE`): a compressed request that ends (finishes,
+    aborts, is retracted) before :func:`cache_unfinished` freed its slots below the
+    region has them freed by SGLang now, with the rest; count them, so that the counters
+    add up (``freed + region = prompt``)."""
+    st = state(req)
+    c = st.compressed if st is not None else None
+    if c is not None and not c.freed:
+        metrics().freed.inc(max(0, c.cut - req.cache_protected_len))
         c.freed = True
     return None
 
@@ -402,14 +420,16 @@ class ModelHook:
         start = 0
         for j, rid in enumerate(fb.rids):
             ext, prefix = fb.extend_seq_lens_cpu[j], fb.extend_prefix_lens_cpu[j]
-            if rid in by_rid:
-                st = by_rid[rid][0]
-                lo = max(prefix, st.prompt_len - self.cfg.window)
-                if lo < prefix + ext:
-                    part = q[start + lo - prefix : start + ext].view(-1, heads, head_dim)
-                    slot = st.stash.setdefault(source, {}).setdefault(layer_id, {})
-                    for k, pos in enumerate(range(lo, prefix + ext)):
-                        slot[pos] = part[k].detach().clone()
+            if rid in by_rid and not by_rid[rid][0].failed:
+                st, req = by_rid[rid]
+                with failing_request(req, "Ada-KV scoring") as outcome:
+                    lo = max(prefix, st.prompt_len - self.cfg.window)
+                    if lo < prefix + ext:
+                        part = q[start + lo - prefix : start + ext].view(-1, heads, head_dim)
+                        slot = st.stash.setdefault(source, {}).setdefault(layer_id, {})
+                        for k, pos in enumerate(range(lo, prefix + ext)):
+                            slot[pos] = part[k].detach().clone()
+                st.failed = outcome.failed
             start += ext
 
     def finish(self, fb, layers, logits_output) -> None:
@@ -420,7 +440,9 @@ class ModelHook:
         info: dict[int, Any] = {}
         for req, st, j in batch:
             end = fb.extend_prefix_lens_cpu[j] + fb.extend_seq_lens_cpu[j]
-            if end == st.prompt_len:
+            if end != st.prompt_len or st.failed:
+                continue
+            with failing_request(req, "Ada-KV compression"):
                 t0 = time.perf_counter()
                 st.compressed = self._compress(req, st, fb, layers)
                 st.compressed.seconds = time.perf_counter() - t0
@@ -490,9 +512,11 @@ def compact(pool, row: torch.Tensor, prompt_len: int, cut: int,
 
 
 def _asks(req) -> bool:
-    sp = getattr(req, "sampling_params", None)
-    cp = getattr(sp, "custom_params", None) or {}
-    return bool(cp.get(ASK_KEY))
+    """Whether the request asked for ``meta_info["adakv"]`` (``custom_params.adakv_kept``
+    true; the validation seam refuses anything but an object there, and a non-boolean
+    value, before the request gets here)."""
+    cp = getattr(getattr(req, "sampling_params", None), "custom_params", None)
+    return isinstance(cp, dict) and cp.get(ASK_KEY) is True
 
 
 def report(c: Compressed) -> dict:
@@ -518,6 +542,8 @@ def _record(req, c: Compressed) -> None:
     m = metrics()
     m.compressed.inc()
     m.kept.inc(kept)
+    m.prompt.inc(c.prompt_len)
+    m.region.inc(c.prompt_len - c.cut)
     path = os.environ.get(DEBUG_ENV)
     if path:
         rank, _ = _rank()
@@ -538,7 +564,13 @@ class _Metrics:
         self.kept = Counter("mixkv:adakv_kept_tokens",
                             "Prompt tokens kept, summed over global producers and KV heads")
         self.freed = Counter("mixkv:adakv_freed_slots",
-                             "Prompt slots returned to the allocator after compression")
+                             "Prompt slots below the kept region returned to the allocator "
+                             "(after compression, or with the request if it ended first)")
+        self.prompt = Counter("mixkv:adakv_prompt_slots",
+                              "Prompt slots of the requests compressed (their full prompts)")
+        self.region = Counter("mixkv:adakv_region_slots",
+                              "Prompt slots compressed requests kept (their regions); once "
+                              "idle, freed + region = prompt")
 
 
 _metrics: Optional[_Metrics] = None

@@ -18,6 +18,8 @@ SGLang normalizes it, so a bad row of a batch refuses the whole batch):
   in ``[0, vocab)``; a batch row is not empty;
 - ``top_logprobs_num`` is an integer in ``[0, vocab]``; ``logprob_start_len`` >= -1;
   ``sampling_params.n`` >= 1 (stock: ``n: 0`` in a batch is a 500);
+- ``sampling_params.custom_params`` is an object (SGLang's type; our Ada-KV hook reads it
+  in the scheduler), and its ``adakv_kept`` (ours) a boolean;
 - a per-prompt list (``sampling_params``, ``return_logprob``, ``logprob_start_len``,
   ``top_logprobs_num``, ``token_ids_logprob``, ``rid``) has one entry per prompt of a
   batch, and a single prompt gets no such list;
@@ -53,7 +55,11 @@ from __future__ import annotations
 
 import copy
 import numbers
+import re
 from typing import Any, Callable, Mapping
+
+#: ``custom_params`` key of ours (``mixkv/adakv.py``): asks for ``meta_info["adakv"]``
+ADAKV_ASK = "adakv_kept"
 
 GENERATE_REQUEST = "sglang.srt.managers.tokenizer_manager.TokenizerManager.generate_request"
 CREATE_ABORT_TASK = "sglang.srt.managers.tokenizer_manager.TokenizerManager.create_abort_task"
@@ -144,9 +150,17 @@ def check_request(obj: Any, vocab: int, names: Mapping[str, str] | None = None) 
             continue
         if not isinstance(sp, dict):
             raise InvalidRequest(f"sampling_params{idx} must be an object, got {type(sp).__name__}")
+        custom = sp.get("custom_params")
+        if custom is not None and not isinstance(custom, dict):
+            raise InvalidRequest(f"sampling_params{idx}.custom_params must be an object, got "
+                                 f"{type(custom).__name__}")
+        if custom is not None and not isinstance(custom.get(ADAKV_ASK, False), bool):
+            raise InvalidRequest(f"sampling_params{idx}.custom_params.{ADAKV_ASK} must be true "
+                                 f"or false, got {custom[ADAKV_ASK]!r}")
         n_samples = sp.get("n", 1)
-        if n_samples is not None and not (_is_int(n_samples) and n_samples >= 1):
+        if not (_is_int(n_samples) and n_samples >= 1):
             raise InvalidRequest(f"sampling_params{idx}.n = {n_samples!r} must be an integer >= 1")
+        _check_sampling_types(sp, f"sampling_params{idx}")
         stop = sp.get("stop_token_ids")
         if stop is not None:
             field = (names.get("stop_token_ids", "sampling_params.stop_token_ids") if not idx
@@ -175,6 +189,43 @@ def check_request(obj: Any, vocab: int, names: Mapping[str, str] | None = None) 
                     _check_ids(row, f"token_ids_logprob[{i}]", vocab)
         else:
             _check_ids(tids, "token_ids_logprob", vocab)
+
+
+#: ``SamplingParams`` fields SGLang fills itself (``sampling/sampling_params.py:86-91``)
+_INTERNAL_SAMPLING = {"stop_strs", "stop_regex_strs", "stop_str_max_len", "stop_regex_max_len",
+                      "is_normalized"}
+_sampling_schema = None
+
+
+def _check_sampling_types(sp: dict, where: str) -> None:
+    """``sp`` against SGLang's own ``SamplingParams`` annotations (a msgspec Struct,
+    ``sampling/sampling_params.py:45-84``), null allowed where SGLang reads it as the
+    default (its ``__post_init__``): a field SGLang does not know, or a value of another
+    type, is a 400 naming it. Stock 0.5.17 raised TypeError for both (a 500), and a
+    ``custom_params`` value nested deeper than its type says would reach the scheduler."""
+    import msgspec
+
+    global _sampling_schema
+    if _sampling_schema is None:
+        from typing import Optional
+
+        from sglang.srt.sampling.sampling_params import SamplingParams
+
+        fields = [(f.name, f.type if f.name == "n" else Optional[f.type], f.default)
+                  for f in msgspec.structs.fields(SamplingParams)
+                  if f.name not in _INTERNAL_SAMPLING]
+        _sampling_schema = msgspec.defstruct("SamplingParamsRequest", fields, kw_only=True,
+                                             forbid_unknown_fields=True)
+    try:
+        msgspec.convert(sp, _sampling_schema)
+    except msgspec.ValidationError as e:
+        text = str(e)
+        m = re.search(r"(.*) - at `\$(.*)`$", text)
+        field, why = (f"{where}{m.group(2)}", m.group(1)) if m else (where, text)
+        if why.startswith("Object contains unknown field"):
+            raise InvalidRequest(f"{where}: {why.split('`')[1]!r} is not a sampling parameter "
+                                 "of SGLang 0.5.17") from None
+        raise InvalidRequest(f"{field}: {why[0].lower() + why[1:]}") from None
 
 
 def _vocab(tokenizer_manager: Any) -> int:
