@@ -8,7 +8,9 @@ those buffers. So this builds the real :class:`WindowedTritonBackend` over a rea
 hybrid pool and allocator, fills producer buffers with random K/V, and checks that
 the decode kernel's output, fed from the eager metadata and from the graph buffers
 (capture, then a replay with other lengths), equals plain attention over the last W
-keys - which stock SGLang 0.5.17 gets wrong (W-1 keys)."""
+keys - which stock SGLang 0.5.17 gets wrong (W-1 keys). Also: the split cap ``serve``
+picks on a GPU gives the stock cap's output, and Ada-KV's per-head lists (built on the
+device, rebuilt inside a graph) give attention over each head's kept positions."""
 
 from __future__ import annotations
 
@@ -54,13 +56,20 @@ def build(tmp_path, spec: str):
     return standalone.build(model_dir, slots=256, max_bs=MAX_BS, context=128, splits=2)
 
 
+def mapping(pool) -> dict:
+    """{layer id: (buffer index, is SWA)} of a hybrid pool, or of a plain one (no SWA)."""
+    if hasattr(pool, "layers_mapping"):
+        return pool.layers_mapping
+    return {i: (i, False) for i in range(pool.layer_num)}
+
+
 def fill(pool, alloc, r2t, lens: list[int]):
     """Give request i ``lens[i]`` tokens of random K/V in every producer buffer."""
     g = torch.Generator().manual_seed(0)
     for i, n in enumerate(lens):
         loc = alloc.alloc(n)
         r2t.req_to_token[i, :n] = loc
-        for layer_id, (idx, is_swa) in pool.layers_mapping.items():
+        for layer_id, (idx, is_swa) in mapping(pool).items():
             rows = pool.translate_loc_from_full_to_swa(loc) if is_swa else loc
             k, v = pool.get_key_buffer(layer_id), pool.get_value_buffer(layer_id)
             k[rows] = torch.randn(n, *k.shape[1:], generator=g)
@@ -72,7 +81,7 @@ def expected(pool, r2t, layer, q, lens, window):
     for i, n in enumerate(lens):
         start = max(0, n - window) if window else 0
         rows = r2t.req_to_token[i, start:n]
-        if pool.layers_mapping[layer.layer_id][1]:
+        if mapping(pool)[layer.layer_id][1]:
             rows = pool.translate_loc_from_full_to_swa(rows)
         k = pool.get_key_buffer(layer.layer_id)[rows].transpose(0, 1)
         v = pool.get_value_buffer(layer.layer_id)[rows].transpose(0, 1)
@@ -265,3 +274,43 @@ def test_adakv_decode_over_kept_cells_eager_and_graph(tmp_path, spec):
     finally:
         seam.configure(None)
         seam.use_tables(None)
+
+
+@interpreted
+@pytest.mark.parametrize("spec", ["ma-offset", "standard"])
+def test_decode_equal_at_the_stock_and_at_serves_split_count(tmp_path, spec):
+    """The split cap ``serve`` picks on a GPU (``launch.decode_kv_splits``: 128 for this
+    model on an H100/H200) gives the decode kernel's output of the stock 8 splits, within
+    float tolerance, and plain attention's, on contexts of many windows (up to 100 tokens,
+    12 windows): more splits than keys leaves splits empty, which the merge must skip. A
+    plan with local layers (its global and a local layer) and one without."""
+    from sglang.srt.layers.radix_attention import RadixAttention
+
+    from mixkv_bench import standalone
+    from sglang_mixkv.plan import resolve
+    from sglang_mixkv.sglang_seams.launch import decode_kv_splits
+
+    chosen = decode_kv_splits(132, SIZE.max_position)
+    assert chosen == 128
+    plan = resolve(spec, SIZE.num_layers)
+    model_dir = write_model_folder(tmp_path / spec, SIZE, spec, window=WINDOW)
+    lens = [100, 37, 64, 9]
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(len(lens), SIZE.heads, SIZE.head_dim, generator=g)
+    outs = {}
+    for splits in (8, chosen):
+        backend, pool, alloc, r2t, single = standalone.build(
+            model_dir, slots=256, max_bs=MAX_BS, context=128, splits=splits)
+        fill(pool, alloc, r2t, lens)
+        layers = [(plan.global_producers[0], None)] + [(i, WINDOW) for i in plan.local_producers[:1]]
+        with single:
+            backend.init_forward_metadata(batch(r2t, lens))
+            for layer_id, window in layers:
+                layer = RadixAttention(SIZE.heads, SIZE.head_dim, SIZE.head_dim**-0.5,
+                                       num_kv_heads=SIZE.kv_heads, layer_id=layer_id,
+                                       sliding_window_size=WINDOW - 1 if window else -1)
+                got = decode(backend, layer, q, len(lens)).view_as(q)
+                torch.testing.assert_close(got, expected(pool, r2t, layer, q, lens, window))
+                outs[(splits, layer_id)] = got
+    for (splits, layer_id), got in outs.items():
+        torch.testing.assert_close(got, outs[(8, layer_id)], rtol=1e-5, atol=1e-5)
