@@ -25,6 +25,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
 
 from harness import metrics, sampler  # noqa: E402
+from harness.sysinfo import provenance_lines  # noqa: E402
 from harness.slo import SLO  # noqa: E402
 from harness.slo import parse as slo_parse  # noqa: E402
 
@@ -260,6 +261,9 @@ def markdown(summary: pd.DataFrame, df: pd.DataFrame, metas: list[dict],
              plots: list[Path], bounds: pd.DataFrame | None = None,
              notes: list[str] = ()) -> str:
     parts = ["# Serving benchmark report", "", "## Runs", "", _runs_md(metas), ""]
+    for m in metas:  # every run's command, commit, versions and hardware
+        lines = provenance_lines(m)
+        parts += ([f"Run `{m.get('label')}`:", ""] if len(metas) > 1 else []) + lines + [""]
     parts += ["## Per concurrency level", "",
               "Throughput counts successful requests only; latencies in ms over successful "
               "requests; TTFT-from-due includes waiting for a concurrency slot. With several "

@@ -116,7 +116,7 @@ def start(cmd: list[str], url: str, log: Path, timeout: float = 600.0, env: dict
                 raise RuntimeError(f"server not healthy after {timeout:g} s; see {log}:\n{tail[-4000:]}")
             if ADDRESS_IN_USE in tail.lower():
                 raise AddressInUse(f"{url}: port taken before the server bound it; see {log}")
-            time.sleep(1.0)
+            time.sleep(0.25)
     except BaseException:
         kill_group(proc)
         raise

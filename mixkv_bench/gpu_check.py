@@ -297,14 +297,27 @@ def metadata(check: Check) -> dict:
 
 
 def dry_serve(cmd: list[str], env: dict) -> str:
-    """What ``serve`` would run on the GPU (``--dry-run --gpu H200``)."""
+    """What ``serve`` would run on the GPU (``--dry-run --gpu H200``), asked in this
+    process (with ``env`` applied meanwhile): the lines it prints."""
+    import io
     import os
 
-    r = subprocess.run([*cmd, "--dry-run", "--gpu", "H200"], capture_output=True, text=True,
-                       cwd=REPO, env={**os.environ, **env}, timeout=300)
-    if r.returncode:
-        raise RuntimeError(r.stderr[-2000:])
-    return "\n".join(line for line in r.stderr.splitlines() if line.startswith("sglang-mixkv:"))
+    from sglang_mixkv import serve
+
+    argv = cmd[cmd.index("sglang_mixkv.serve") + 1:] + ["--dry-run", "--gpu", "H200"]
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            rc = serve.main(argv)
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    if rc:
+        raise RuntimeError(err.getvalue()[-2000:])
+    return "\n".join(line for line in err.getvalue().splitlines()
+                     if line.startswith("sglang-mixkv:"))
 
 
 # ---- report -------------------------------------------------------------------------------

@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 - command: `python scripts/external_clients.py`
 - commit: `{meta['git']['commit']}`{' (dirty)' if meta['git'].get('dirty') else ''}
 - versions: {json.dumps(meta['versions'])}
+- hardware: {json.dumps(meta['hardware'])}
 - server: `python -m sglang_mixkv.serve --plan ma` (tiny, CPU), {PROMPTS} requests of
   {INPUT_LEN} prompt tokens and {OUTPUT_LEN} output tokens per tool, {CONCURRENCY} at a time
 

@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Mapping
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 from sglang_mixkv import plan as plans
+
+if TYPE_CHECKING:  # torch is imported where it is used: `serve` reads the config only
+    import torch
 
 Scoring = Literal["producer", "readers"]
 #: config.json key (``serve --adakv-budget`` sets it through ``--json-model-override-args``)
@@ -127,6 +127,8 @@ def window_scores(q_window: torch.Tensor, keys: torch.Tensor, scale: float) -> t
     last w prompt positions, post-RoPE), ``keys`` [P, Hkv, D] -> [Hq, P - w], the
     float32 softmax over all P keys (causal inside the window) averaged over the w
     queries."""
+    import torch
+
     w, hq, d = q_window.shape
     p, hkv, _ = keys.shape
     k = keys.float().repeat_interleave(hq // hkv, dim=1)  # [P, Hq, D]
@@ -141,6 +143,8 @@ def window_scores(q_window: torch.Tensor, keys: torch.Tensor, scale: float) -> t
 def pooled(scores: torch.Tensor, hkv: int, kernel: int) -> torch.Tensor:
     """[Hq, L] query-head scores -> [Hkv, L]: averaged over each KV head's group, then
     max-pooled along positions."""
+    import torch.nn.functional as F
+
     hq, length = scores.shape
     per_kv = scores.view(hkv, hq // hkv, length).mean(dim=1)
     return F.max_pool1d(per_kv.unsqueeze(0), kernel, stride=1, padding=kernel // 2).squeeze(0)
@@ -148,6 +152,8 @@ def pooled(scores: torch.Tensor, hkv: int, kernel: int) -> torch.Tensor:
 
 def head_budgets(scores: torch.Tensor, cfg: AdaKVConfig) -> torch.Tensor:
     """[Hkv, L] pooled scores -> [Hkv] selected tokens per head (window excluded)."""
+    import torch
+
     hkv, length = scores.shape
     b_sel = cfg.selected
     ranked = torch.sort(scores, dim=-1, descending=True, stable=True).values
@@ -161,6 +167,8 @@ def head_budgets(scores: torch.Tensor, cfg: AdaKVConfig) -> torch.Tensor:
 def select(scores: torch.Tensor, cfg: AdaKVConfig) -> list[torch.Tensor]:
     """Per KV head, the kept prompt positions before the window, ascending: ``scores``
     [Hkv, P - w] are a layer's pooled scores (:func:`pooled`)."""
+    import torch
+
     caps = head_budgets(scores, cfg)
     order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
     return [torch.sort(order[h, : int(caps[h])]).values for h in range(scores.shape[0])]
