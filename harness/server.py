@@ -96,16 +96,29 @@ class Started:
         return self.proc.poll() is None
 
 
+def spawn(cmd: list[str], log: Path, env: dict | None = None,
+          cwd: str | Path | None = None) -> subprocess.Popen:
+    """Run ``cmd`` in its own process group, output to ``log``; returns at once (see
+    :func:`wait_ready`)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **(env or {})}, cwd=cwd)
+
+
 def start(cmd: list[str], url: str, log: Path, timeout: float = 600.0, env: dict | None = None,
           cwd: str | Path | None = None, ready: Callable[[str], bool] = healthy) -> Started:
     """Run ``cmd`` (output to ``log``, own process group) until ``ready(url)`` (default:
     ``GET url/health`` answers 200). On failure the group is killed and RuntimeError
     raised (with the log's tail), :class:`AddressInUse` as soon as the log says the port
     is taken."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, **(env or {})}, cwd=cwd)
+    return wait_ready(spawn(cmd, log, env, cwd), url, log, timeout, ready)
+
+
+def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 600.0,
+               ready: Callable[[str], bool] = healthy) -> Started:
+    """Wait until the server ``proc`` (started by :func:`spawn`, output in ``log``)
+    answers ``ready(url)``; on failure kill its group and raise as :func:`start`."""
     try:
         deadline = time.monotonic() + timeout
         while not ready(url):

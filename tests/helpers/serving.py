@@ -14,7 +14,8 @@ from pathlib import Path
 
 import requests
 
-from harness.server import Started, free_port, start_on_free_port  # noqa: F401 - re-exported
+from harness.server import (AddressInUse, Started, free_port, spawn,  # noqa: F401 - re-exported
+                            start_on_free_port, wait_ready)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -69,3 +70,51 @@ def start_server(args: list[str], log: Path, env: dict | None = None, timeout: f
         lambda port: [sys.executable, "-m", module, *args, "--port", str(port)], log,
         timeout=timeout, env=env, cwd=REPO, **({"ready": ready} if ready else {}))
     return Server(started.url, started)
+
+
+class Prestarted:
+    """A server started now and waited for later (:meth:`server`): a module that serves
+    one model after another starts the next while its tests run on the current one, so a
+    server's start-up (mostly imports, one core) overlaps the tests' work."""
+
+    def __init__(self, args: list[str], log: Path, env: dict | None = None,
+                 timeout: float = 240, module: str = "sglang_mixkv.serve"):
+        self.args, self.log, self.env, self.timeout, self.module = args, log, env, timeout, module
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = spawn([sys.executable, "-m", module, *args, "--port", str(port)], log,
+                          env=env, cwd=REPO)
+
+    def server(self) -> Server:
+        """The server, once healthy (started again on a free port if another process took
+        this one before the server bound it)."""
+        try:
+            return Server(self.url, wait_ready(self.proc, self.url, self.log, self.timeout))
+        except AddressInUse:
+            return start_server(self.args, self.log, self.env, self.timeout, self.module)
+
+    def stop(self) -> None:
+        from harness.server import kill_group
+
+        kill_group(self.proc)
+
+
+class Pipeline:
+    """Servers for a sequence of keys (a module's parameters, in pytest's order), each
+    started one key ahead: :meth:`take` returns key k's server and starts key k+1's."""
+
+    def __init__(self, keys: list, make: "callable"):
+        self.keys, self.make = list(keys), make  # make(key) -> Prestarted
+        self.pending: dict = {}
+
+    def take(self, key) -> Server:
+        started = self.pending.pop(key, None) or self.make(key)
+        i = self.keys.index(key)
+        if i + 1 < len(self.keys) and self.keys[i + 1] not in self.pending:
+            self.pending[self.keys[i + 1]] = self.make(self.keys[i + 1])
+        return started.server()
+
+    def close(self) -> None:
+        for started in self.pending.values():
+            started.stop()
+        self.pending.clear()

@@ -28,7 +28,7 @@ from mixkv_bench.soak import STRICT_MEM_CHECK
 from sglang_mixkv.model_folder import SIZES, write_model_folder
 from tests.helpers.adakv import (assert_kept_match, planted_prompt, random_prompt,
                                  server_kept)
-from tests.helpers.serving import start_server
+from tests.helpers.serving import Pipeline, Prestarted
 
 pytestmark = pytest.mark.server
 SIZE = SIZES["tiny"]
@@ -37,25 +37,59 @@ CFG = AdaBudget(budget=B, window=WIN)
 LOGPROB_TOL = 2e-3  # float32 on both sides, as tests/server/test_serving.py
 
 
-def serve(tmp, spec: str, flags: list[str], *, kv_heads: int | None = None, env=None):
+def prestart(tmp, spec: str, flags: list[str], *, kv_heads: int | None = None, env=None):
+    """(the server, started now, awaited at first use; the reference; the kept-set log)."""
     model = tmp / spec
     size = SIZE if kv_heads is None else __import__("dataclasses").replace(SIZE, kv_heads=kv_heads)
     write_model_folder(model, size, spec, weights=True, seed=1)
     debug = tmp / "kept.jsonl"
-    server = start_server(
+    started = Prestarted(
         ["--model-path", str(model), "--kv-budget", "16MiB", "--max-running-requests", "8",
          "--chunked-prefill-size", str(CHUNK), "--enable-metrics", "--decode-log-interval", "2",
          *flags],
         log=tmp / "server.log", env={"MIXKV_ADAKV_DEBUG_JSONL": str(debug), **(env or {})})
+    return started, model, debug
+
+
+#: the module's servers, in the order its tests first use them (each started one ahead)
+TIGHT_ADMISSION = {"SGLANG_INIT_NEW_TOKEN_RATIO": "0.01", "SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION": "1"}
+SERVERS = {
+    "ma": ("ma", ["--adakv-budget", str(B), "--adakv-window", str(WIN),
+                  "--enable-return-hidden-states"], None, STRICT_MEM_CHECK),  # the fuzz asks for them
+    "uniform": ("cla2", ["--adakv-budget", "40", "--adakv-window", "4", "--adakv-alpha", "1",
+                         "--adakv-scoring", "readers"], None, None),
+    "mqa": ("standard", ["--adakv-budget", "32", "--adakv-window", "8", "--max-total-tokens",
+                         "400"], 1, {**STRICT_MEM_CHECK, **TIGHT_ADMISSION}),
+    "ma_tight": ("ma", ["--adakv-budget", "40", "--adakv-window", "8", "--max-total-tokens",
+                        "400"], None, {**STRICT_MEM_CHECK, **TIGHT_ADMISSION,
+                                       "MIXKV_POOL_MAX_RUNNING": "2"}),
+}
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    debugs = {}
+
+    def make(key):
+        spec, flags, kv_heads, env = SERVERS[key]
+        started, model, debug = prestart(tmp_path_factory.mktemp(key), spec, flags,
+                                         kv_heads=kv_heads, env=env)
+        debugs[key] = (model, debug)
+        return started
+
+    pipe = Pipeline(list(SERVERS), make)
+    yield lambda key: (pipe.take(key), *debugs[key])
+    pipe.close()
+
+
+def serve_fixture(servers, key):
+    server, model, debug = servers(key)
     return server, Reference(model), debug
 
 
 @pytest.fixture(scope="module")
-def ma(tmp_path_factory):
-    server, ref, debug = serve(tmp_path_factory.mktemp("adakv"), "ma",
-                               ["--adakv-budget", str(B), "--adakv-window", str(WIN),
-                                "--enable-return-hidden-states"],  # the fuzz asks for them
-                               env=STRICT_MEM_CHECK)
+def ma(servers):
+    server, ref, debug = serve_fixture(servers, "ma")
     yield server, ref, debug
     server.stop()
 
@@ -245,12 +279,10 @@ def test_aborts_mid_prefill_and_mid_decode_leave_the_pool_empty(ma):
 
 # ---- other settings -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def uniform(tmp_path_factory):
+def uniform(servers):
     """cla2 (6 global producers, each read by one consumer) with 2 KV heads, alpha = 1
     (SnapKV's uniform budget) and readers scoring (producer and consumer queries)."""
-    server, ref, debug = serve(tmp_path_factory.mktemp("snapkv"), "cla2",
-                               ["--adakv-budget", "40", "--adakv-window", "4",
-                                "--adakv-alpha", "1", "--adakv-scoring", "readers"])
+    server, ref, debug = serve_fixture(servers, "uniform")
     yield server, ref, debug
     server.stop()
 
@@ -269,33 +301,23 @@ def test_alpha_one_gives_every_head_the_same_budget_with_readers_scoring(uniform
 
 
 @pytest.fixture(scope="module")
-def mqa(tmp_path_factory):
+def mqa(servers):
     """standard with one KV head (MQA) and a global pool of 400 tokens; SGLang's admission
     told to reserve one output token per new request and 1% of a running one's
     (SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION, SGLANG_INIT_NEW_TOKEN_RATIO), so eight requests
     of 100 + 80 tokens outgrow the pool while decoding and some are retracted."""
-    server, ref, debug = serve(tmp_path_factory.mktemp("mqa"), "standard",
-                               ["--adakv-budget", "32", "--adakv-window", "8",
-                                "--max-total-tokens", "400"],
-                               kv_heads=1, env={**STRICT_MEM_CHECK,
-                                                "SGLANG_INIT_NEW_TOKEN_RATIO": "0.01",
-                                                "SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION": "1"})
+    server, ref, debug = serve_fixture(servers, "mqa")
     yield server, ref, debug
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def ma_tight(tmp_path_factory):
+def ma_tight(servers):
     """``ma`` (local layers: a retraction also frees local KV) with the admission settings
     of :func:`mqa`, a global pool of 400 tokens and a local pool sized for 2 of its 8
     running requests (``MIXKV_POOL_MAX_RUNNING``), so both pools run out: requests are
     retracted, and some wait between prompt chunks while others decode."""
-    server, ref, debug = serve(tmp_path_factory.mktemp("ma_tight"), "ma",
-                               ["--adakv-budget", "40", "--adakv-window", "8",
-                                "--max-total-tokens", "400"],
-                               env={**STRICT_MEM_CHECK, "SGLANG_INIT_NEW_TOKEN_RATIO": "0.01",
-                                    "SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION": "1",
-                                    "MIXKV_POOL_MAX_RUNNING": "2"})
+    server, ref, debug = serve_fixture(servers, "ma_tight")
     yield server, ref, debug
     server.stop()
 

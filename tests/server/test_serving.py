@@ -18,7 +18,7 @@ import pytest
 from sglang_mixkv.plan import PRESET_NAMES, resolve
 from mixkv_bench.reference import Reference
 from sglang_mixkv.model_folder import SIZES, write_model_folder
-from tests.helpers.serving import start_server
+from tests.helpers.serving import Pipeline, Prestarted, start_server
 
 pytestmark = pytest.mark.server
 
@@ -32,17 +32,29 @@ LOGPROB_TOL = 2e-3
 PLANS = list(PRESET_NAMES) + ["LlLlLlLlLlLl", "GLlLlLlLlglg"]
 
 
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """Each plan's server, started while the previous plan's tests run."""
+    root = tmp_path_factory.mktemp("models")
+
+    def make(spec: str) -> Prestarted:
+        model_dir = write_model_folder(root / spec, SIZE, spec, weights=True, seed=1)
+        return Prestarted(
+            ["--model-path", str(model_dir), "--kv-budget", str(BUDGET),
+             "--max-running-requests", str(MAX_RUNNING), "--chunked-prefill-size", str(CHUNK)],
+            log=model_dir / "server.log", env={"MIXKV_FAST_PREFILL_LOG": "1"})
+
+    pipe = Pipeline(PLANS, make)
+    yield pipe, root
+    pipe.close()
+
+
 @pytest.fixture(scope="module", params=PLANS)
-def served(request, tmp_path_factory):
+def served(request, pipeline):
+    pipe, root = pipeline
     spec = request.param
-    model_dir = tmp_path_factory.mktemp("models") / spec
-    write_model_folder(model_dir, SIZE, spec, weights=True, seed=1)
-    server = start_server(
-        ["--model-path", str(model_dir), "--kv-budget", str(BUDGET),
-         "--max-running-requests", str(MAX_RUNNING), "--chunked-prefill-size", str(CHUNK)],
-        log=model_dir / "server.log", env={"MIXKV_FAST_PREFILL_LOG": "1"},
-    )
-    yield spec, server, Reference(model_dir)
+    server = pipe.take(spec)
+    yield spec, server, Reference(root / spec)
     server.stop()
 
 

@@ -18,7 +18,7 @@ import pytest
 from sglang_mixkv.plan import resolve
 from mixkv_bench.reference import Reference
 from sglang_mixkv.model_folder import SIZES, write_model_folder
-from tests.helpers.serving import start_server
+from tests.helpers.serving import Pipeline, Prestarted, start_server
 from tests.server.test_serving import check, fast_lines, prompt
 
 pytestmark = pytest.mark.server
@@ -31,21 +31,35 @@ TRITON = ["--attention-backend", "triton", "--disable-cuda-graph",
 INTERPRET = {"TRITON_INTERPRET": "1", "MIXKV_FAST_PREFILL_LOG": "1"}
 
 
+def server_args(model_dir, extra=()) -> list[str]:
+    return ["--model-path", str(model_dir), "--kv-budget", "8MiB", "--max-running-requests",
+            str(MAX_RUNNING), "--chunked-prefill-size", str(CHUNK), *TRITON, *extra]
+
+
 def serve_triton(model_dir, log, extra=()):
-    return start_server(
-        ["--model-path", str(model_dir), "--kv-budget", "8MiB", "--max-running-requests",
-         str(MAX_RUNNING), "--chunked-prefill-size", str(CHUNK), *TRITON, *extra],
-        log=log, env=INTERPRET,
-    )
+    return start_server(server_args(model_dir, extra), log=log, env=INTERPRET)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """Each plan's server, started while the previous plan's tests run."""
+    root = tmp_path_factory.mktemp("triton")
+
+    def make(spec: str) -> Prestarted:
+        model_dir = write_model_folder(root / spec, SIZE, spec, weights=True, seed=1,
+                                       window=WINDOW)
+        return Prestarted(server_args(model_dir), model_dir / "server.log", env=INTERPRET)
+
+    pipe = Pipeline(PLANS, make)
+    yield pipe, root
+    pipe.close()
 
 
 @pytest.fixture(scope="module", params=PLANS)
-def served(request, tmp_path_factory):
-    spec = request.param
-    model_dir = tmp_path_factory.mktemp("triton") / spec
-    write_model_folder(model_dir, SIZE, spec, weights=True, seed=1, window=WINDOW)
-    server = serve_triton(model_dir, model_dir / "server.log")
-    yield spec, server, Reference(model_dir)
+def served(request, pipeline):
+    pipe, root = pipeline
+    server = pipe.take(request.param)
+    yield request.param, server, Reference(root / request.param)
     server.stop()
 
 
@@ -69,8 +83,8 @@ def test_short_prompt(served):
 
 def test_prompt_of_several_windows_and_decode_past_window(served):
     _, server, ref = served
-    ids = prompt(11, 3 * WINDOW + 5)
-    check(server.generate(ids, 2 * WINDOW + 3), ref, ids, 2 * WINDOW + 3)
+    ids = prompt(11, 3 * WINDOW + 5)  # decode a full window more: its last W keys all new
+    check(server.generate(ids, WINDOW + 2), ref, ids, WINDOW + 2)
 
 
 def test_chunked_prefill(served):
@@ -106,7 +120,7 @@ def test_fast_prefill(served):
 
 def test_concurrent_requests_of_different_lengths(served):
     _, server, ref = served
-    cases = [(prompt(20 + i, n), m) for i, (n, m) in enumerate([(5, 12), (13, 6), (40, 9), (70, 3)])]
+    cases = [(prompt(20 + i, n), m) for i, (n, m) in enumerate([(5, 6), (13, 4), (40, 5), (70, 3)])]
     with ThreadPoolExecutor(len(cases)) as pool:
         outs = list(pool.map(lambda c: server.generate(*c), cases))
     for (ids, m), out in zip(cases, outs):
@@ -133,7 +147,7 @@ def test_float16_matches_within_half_precision_error(tmp_path):
     server = serve_triton(model_dir, tmp_path / "server.log", ["--dtype", "float16"])
     ref32, ref16 = Reference(model_dir), Reference(model_dir, dtype=torch.float16)
     try:
-        for ids, max_new in ((prompt(31, 3 * WINDOW + 5), 2 * WINDOW), (prompt(32, 3 * CHUNK + 7), 3)):
+        for ids, max_new in ((prompt(31, 3 * WINDOW + 5), WINDOW + 2), (prompt(32, 3 * CHUNK + 7), 3)):
             meta = server.generate(ids, max_new)["meta_info"]
             out = [t[1] for t in meta["output_token_logprobs"]]
             seq = ids + out  # teacher-forced: every position the server computed
@@ -175,7 +189,7 @@ def test_adakv_decode_over_per_head_cells(tmp_path):
              "SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_BUSY": "1"})
     ref = Reference(model_dir)
     try:
-        cases = [(prompt(41, CHUNK * 2 + 2), 2 * WINDOW + 1, "span"),  # window [62, 66) spans
+        cases = [(prompt(41, CHUNK * 2 + 2), WINDOW + 2, "span"),  # window [62, 66) spans
                  (prompt(42, 50), 5, "long"), (prompt(43, 12), 5, "short")]
         outs = [server.generate(cases[0][0], cases[0][1], rid="span", logprob_start_len=-1)]
         with ThreadPoolExecutor(2) as pool:  # one batch: compressed + uncompressed
