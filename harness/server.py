@@ -19,8 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-#: what uvicorn logs when the port is taken (SGLang then hangs instead of exiting)
-ADDRESS_IN_USE = "address already in use"
+#: what the log says when a port the server chose is taken by the time it binds it:
+#: uvicorn's HTTP port (SGLang then hangs instead of exiting), or the torch.distributed
+#: port SGLang picks free at launch (its scheduler dies; two servers starting at once can
+#: pick the same one)
+ADDRESS_IN_USE = ("address already in use", "Address already in use", "EADDRINUSE")
 
 
 class AddressInUse(RuntimeError):
@@ -123,12 +126,12 @@ def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 600
         deadline = time.monotonic() + timeout
         while not ready(url):
             tail = log.read_text(errors="replace")
+            if any(s in tail for s in ADDRESS_IN_USE):
+                raise AddressInUse(f"{url}: a port was taken before the server bound it; see {log}")
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode}; see {log}:\n{tail[-4000:]}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"server not healthy after {timeout:g} s; see {log}:\n{tail[-4000:]}")
-            if ADDRESS_IN_USE in tail.lower():
-                raise AddressInUse(f"{url}: port taken before the server bound it; see {log}")
             time.sleep(0.25)
     except BaseException:
         kill_group(proc)

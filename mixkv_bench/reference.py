@@ -211,6 +211,20 @@ class Reference:
         lp = torch.log_softmax(self.logits(ids), -1)
         return [lp[t - 1, ids[t]].item() for t in range(1, len(ids))]
 
+    def teacher_forced(self, ids: list[int], out: list[int],
+                       kept: Kept | None = None) -> tuple[Generation, list[float]]:
+        """What :meth:`generate` gives, checked in one forward pass: the greedy token (and
+        its log-probability) at every output position, given the prompt and the tokens of
+        ``out`` before it, and the prompt's log-probabilities (:meth:`prompt_logprobs`).
+        ``out`` equals ``generate(ids, len(out)).tokens`` exactly when it equals these
+        tokens (at its first difference the greedy token here is generate's)."""
+        seq = list(ids) + list(out[:-1])
+        lp = torch.log_softmax(self.logits(seq, kept, len(ids)), -1)
+        tail = lp[len(ids) - 1:]
+        tokens = tail.argmax(-1)
+        gen = Generation(tokens.tolist(), tail.gather(-1, tokens[:, None]).squeeze(1).tolist())
+        return gen, [lp[t - 1, ids[t]].item() for t in range(1, len(ids))]
+
     def generate(self, ids: list[int], max_new_tokens: int, kept: Kept | None = None) -> Generation:
         """Greedy decoding, recomputing the full sequence at every step; ``kept``: Ada-KV
         kept sets applied after the prompt (``ids``)."""

@@ -107,3 +107,22 @@ def test_local_plan_is_transformers_mistral_with_our_window(all_local, ids, wind
         assert diff > 100 * TOL, f"window {window} should differ from ours ({SIZE.window})"
         # ... and only from the first query that reaches past a window
         assert max_diff(mine[:min(window, SIZE.window)], theirs[:min(window, SIZE.window)]) < TOL
+
+
+def test_teacher_forced_check_is_greedy_generation(tmp_path):
+    """The tests check a server's greedy output in one reference forward pass
+    (:meth:`Reference.teacher_forced`) instead of one per token (:meth:`generate`): the
+    same tokens and logprobs for the greedy output, with Ada-KV's kept sets too, and a
+    different token at the first position an output departs from greedy."""
+    ref = Reference(write_model_folder(tmp_path / "ma", SIZE, "ma", weights=True, seed=1))
+    ids = prompt(5)[:70]
+    kept = {0: [list(range(0, 60, 3)) + list(range(62, 70)), list(range(10, 40)) + [69]]}
+    for k in (None, kept):
+        gen = ref.generate(ids, 8, kept=k)
+        forced, prompt_lps = ref.teacher_forced(ids, gen.tokens, kept=k)
+        assert forced.tokens == gen.tokens
+        assert max(abs(a - b) for a, b in zip(forced.logprobs, gen.logprobs)) < 1e-5
+        assert max(abs(a - b) for a, b in zip(prompt_lps, ref.prompt_logprobs(ids))) < 1e-5
+        wrong = gen.tokens[:3] + [(gen.tokens[3] + 1) % SIZE.vocab] + gen.tokens[4:]
+        got = ref.teacher_forced(ids, wrong, kept=k)[0].tokens
+        assert got[:4] == gen.tokens[:4] and got != wrong

@@ -68,11 +68,10 @@ def check(server_out: dict, ref: Reference, ids: list[int], max_new: int,
     meta = server_out["meta_info"]
     out = [t[1] for t in meta["output_token_logprobs"]]
     out_lp = [t[0] for t in meta["output_token_logprobs"]]
-    gen = ref.generate(ids, max_new)
+    gen, want = ref.teacher_forced(ids, out)  # = ref.generate(ids, max_new), one forward
     assert out == gen.tokens, f"greedy tokens differ for a {len(ids)}-token prompt"
     assert max(abs(a - b) for a, b in zip(out_lp, gen.logprobs)) < LOGPROB_TOL
-    want = ref.prompt_logprobs(ids) if prompt_logprobs else []
-    if want:
+    if prompt_logprobs:
         in_lp = [t[0] for t in meta["input_token_logprobs"]][1:]
         assert max(abs(a - b) for a, b in zip(in_lp, want)) < LOGPROB_TOL
     assert meta["prompt_tokens"] == len(ids) and meta["completion_tokens"] == max_new

