@@ -61,9 +61,14 @@ capacity: setup
 	$(PY) -m sglang_mixkv.bench --capacity-only $(BENCH_FLAGS)
 
 # Knobs: PLANS=ma,ma@adakv=48 (default: every trained folder in QUALITY_MODELS),
+#   BUDGETS=20,24,32,40,48 (a budget curve per plan)  METHODS=adakv,snapkv,recent,random
+#   ADAKV_WINDOW=16  LAYOUTS=zoology,scattered  REGIMES=agnostic,aware
 #   CONTEXTS=64,128  SEQUENCES=64  CHECK=16  OUT=results/quality-x
 QUALITY_MODELS ?= results/quality/models/seed0
 QUALITY_FLAGS = $(call knob,PLANS,--plans) $(call knob,CONTEXTS,--contexts) \
+	$(call knob,BUDGETS,--budgets) $(call knob,METHODS,--methods) \
+	$(call knob,ADAKV_WINDOW,--adakv-window) $(call knob,LAYOUTS,--layouts) \
+	$(call knob,REGIMES,--regimes) \
 	$(call knob,SEQUENCES,--sequences) $(call knob,CHECK,--check) $(call knob,OUT,--out) $(QUALITY_ARGS)
 quality: setup
 	$(PY) -m mixkv_bench.quality --models $(QUALITY_MODELS) $(QUALITY_FLAGS)

@@ -26,6 +26,24 @@ from typing import Callable, Iterator
 ADDRESS_IN_USE = ("address already in use", "Address already in use", "EADDRINUSE")
 
 
+#: environment variable naming a file where every server that becomes ready appends one
+#: JSON line (its command's module and plan, seconds from spawn to ready): how ``make
+#: test`` counts the server starts it made and what they cost
+STARTS_ENV = "MIXKV_SERVER_STARTS"
+
+
+def _record_start(proc: subprocess.Popen, seconds: float) -> None:
+    path = os.environ.get(STARTS_ENV)
+    if not path:
+        return
+    args = [str(a) for a in proc.args] if isinstance(proc.args, (list, tuple)) else [str(proc.args)]
+    what = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-m", "--plan", "--model-path")]
+    what = what or args[1:2] or args[:1]  # a script: its name
+    with open(path, "a") as f:  # one short line per append: whole lines from any process
+        f.write(json.dumps({"what": " ".join(Path(w).name for w in what),
+                            "seconds": round(seconds, 2)}) + "\n")
+
+
 class AddressInUse(RuntimeError):
     """The server could not bind its port: another process took it."""
 
@@ -105,8 +123,10 @@ def spawn(cmd: list[str], log: Path, env: dict | None = None,
     :func:`wait_ready`)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, **(env or {})}, cwd=cwd)
+    proc.mixkv_spawned = time.monotonic()
+    return proc
 
 
 def start(cmd: list[str], url: str, log: Path, timeout: float = 600.0, env: dict | None = None,
@@ -136,6 +156,7 @@ def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 600
     except BaseException:
         kill_group(proc)
         raise
+    _record_start(proc, time.monotonic() - getattr(proc, "mixkv_spawned", deadline - timeout))
     return Started(url, proc, log)
 
 

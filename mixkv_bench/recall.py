@@ -12,16 +12,26 @@ after them, filler after those. Every draw comes from a seeded generator: the tr
 stream and the held-out evaluation sets use different seeds.
 
 Layout ``zoology`` puts the pairs first and the filler after them (Zoology's MQAR);
-``scattered`` places them at random non-overlapping positions in the context.
+``scattered`` places them at random non-overlapping positions in the context; ``mixed``
+draws one of the two per sequence (a model trained on it recalls by content, not place).
+
+Regime ``agnostic``: the queries come only after the context (the keys are not known when
+the context is read, as in SCBench's multi-turn setting). ``aware``: the context is
+followed by a question block, the keys that will be asked in the order they will be
+asked, and then the queries as before (SnapKV's and Ada-KV's setting: a long document,
+then the question, then the answer). ``mixed`` draws one per batch (the two differ in
+length).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
 FIRST_TOKEN = 3  # after <unk> <s> </s>
+LAYOUTS = ("zoology", "scattered", "mixed")
+REGIMES = ("agnostic", "aware", "mixed")
 BOS = 1
 
 
@@ -35,11 +45,14 @@ class RecallTask:
     keys: int = 64  # distinct key tokens
     values: int = 64
     filler: int = 32
-    layout: str = "zoology"  # or "scattered"
+    layout: str = "zoology"  # or "scattered", "mixed"
+    regime: str = "agnostic"  # or "aware", "mixed"
 
     def __post_init__(self) -> None:
-        if self.layout not in ("scattered", "zoology"):
-            raise ValueError(f"layout {self.layout!r}: 'scattered' or 'zoology'")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout {self.layout!r}: one of {', '.join(LAYOUTS)}")
+        if self.regime not in REGIMES:
+            raise ValueError(f"regime {self.regime!r}: one of {', '.join(REGIMES)}")
         if 2 * self.pairs > self.context:
             raise ValueError(f"{self.pairs} pairs need {2 * self.pairs} context tokens, the "
                              f"context has {self.context}")
@@ -54,9 +67,20 @@ class RecallTask:
         return FIRST_TOKEN + self.keys + self.values + self.filler
 
     @property
+    def question(self) -> int:
+        """Tokens of the question block (``aware``: one per query; the longer for ``mixed``)."""
+        return self.queries if self.regime != "agnostic" else 0
+
+    @property
+    def prompt(self) -> int:
+        """Tokens before the first query: <s>, the context, the question block."""
+        return 1 + self.context + self.question
+
+    @property
     def length(self) -> int:
-        """Tokens of a sequence: <s>, the context, a key and its value per query."""
-        return 1 + self.context + 2 * self.queries
+        """Tokens of a sequence: the prompt, a key and its value per query (``mixed``:
+        the longer regime's)."""
+        return self.prompt + 2 * self.queries
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,25 +90,34 @@ class RecallTask:
 class Batch:
     """``ids`` [B, length]; ``answer_pos`` [B, queries]: positions of the values the
     model must predict (from the logits one position earlier); ``distance`` [B, queries]:
-    tokens from the pair's value in the context to the query's answer."""
+    tokens from the pair's value in the context to the query's answer; ``scattered``
+    [B]: which sequences have the scattered layout."""
 
     ids: torch.Tensor
     answer_pos: torch.Tensor
     distance: torch.Tensor
+    scattered: torch.Tensor | None = None  # [B] bool: the sequence's layout is scattered
 
 
 def sample(task: RecallTask, batch: int, generator: torch.Generator) -> Batch:
-    """``batch`` sequences drawn with ``generator``."""
+    """``batch`` sequences drawn with ``generator`` (regime ``mixed``: one draw for the
+    batch; layout ``mixed``: one per sequence)."""
     t, g = task, generator
+    if t.regime == "mixed":
+        aware = float(torch.rand((), generator=g)) < 0.5
+        t = replace(t, regime="aware" if aware else "agnostic")
     key0, val0, fill0 = FIRST_TOKEN, FIRST_TOKEN + t.keys, FIRST_TOKEN + t.keys + t.values
     ids = torch.empty(batch, t.length, dtype=torch.long)
     answer_pos = torch.empty(batch, t.queries, dtype=torch.long)
     distance = torch.empty(batch, t.queries, dtype=torch.long)
+    layout = torch.empty(batch, dtype=torch.bool)  # True: scattered
     for b in range(batch):
         keys = torch.randperm(t.keys, generator=g)[: t.pairs] + key0
         values = torch.randint(val0, val0 + t.values, (t.pairs,), generator=g)
         context = torch.randint(fill0, fill0 + t.filler, (t.context,), generator=g)
-        if t.layout == "zoology":
+        scattered = t.layout == "scattered" or (
+            t.layout == "mixed" and float(torch.rand((), generator=g)) < 0.5)
+        if not scattered:
             starts = torch.arange(t.pairs) * 2
         else:  # non-overlapping slots: choose pair starts among context - pairs slots
             slots = torch.randperm(t.context - t.pairs, generator=g)[: t.pairs].sort().values
@@ -92,10 +125,12 @@ def sample(task: RecallTask, batch: int, generator: torch.Generator) -> Batch:
         context[starts], context[starts + 1] = keys, values
         asked = torch.randperm(t.pairs, generator=g)[: t.queries]
         tail = torch.stack([keys[asked], values[asked]], dim=1).reshape(-1)
-        ids[b] = torch.cat([torch.tensor([BOS]), context, tail])
-        answer_pos[b] = 1 + t.context + 2 * torch.arange(t.queries) + 1
+        question = keys[asked][: t.question]
+        ids[b] = torch.cat([torch.tensor([BOS]), context, question, tail])
+        answer_pos[b] = t.prompt + 2 * torch.arange(t.queries) + 1
         distance[b] = answer_pos[b] - (1 + starts[asked] + 1)
-    return Batch(ids, answer_pos, distance)
+        layout[b] = scattered
+    return Batch(ids, answer_pos, distance, layout)
 
 
 def heldout(task: RecallTask, n: int, seed: int) -> Batch:

@@ -50,6 +50,9 @@ class AdaBudget:
     alpha: float = 0.2
     kernel: int = 7
     scoring: str = "producer"  # or "readers"
+    rule: str = "adakv"  # or the baselines "recent" (sink + most recent) and "random"
+    sink: int = 4
+    seed: int = 0
 
 
 #: kept prompt positions: {global producer: [per KV head: positions]}, and the prompt length
@@ -148,6 +151,10 @@ class Reference:
         n, w = len(prompt), cfg.window
         if n < cfg.budget:
             return {}
+        if cfg.rule != "adakv":
+            return {prod: [sorted(sel) + list(range(n - w, n))
+                           for sel in self._baseline(n - w, prod, cfg)]
+                    for prod in self.plan.global_producers}
         return {prod: [sorted(sel) + list(range(n - w, n)) for sel in self._allocate(scores, cfg, tp)]
                 for prod, scores in self.adakv_scores(prompt, cfg).items()}
 
@@ -182,6 +189,21 @@ class Reference:
             padded = F.pad(per_kv, (pad, pad), value=float("-inf"))
             out[prod] = padded.unfold(1, cfg.kernel, 1).max(dim=-1).values
         return out
+
+    def _baseline(self, length: int, layer: int, cfg: AdaBudget) -> list[list[int]]:
+        """The score-free rules, per KV head: B - w positions of the ``length`` before the
+        window. ``recent``: positions below ``sink`` and the latest; ``random``: the first
+        B - w of a permutation drawn, per head h, by a CPU generator seeded
+        ``seed * 1,000,003 + layer * 1,009 + h`` (the rule's definition)."""
+        b = cfg.budget - cfg.window
+        if cfg.rule == "recent":
+            sink = min(cfg.sink, b)
+            return [list(range(sink)) + list(range(length - b + sink, length))] * self.kv_heads
+        if cfg.rule == "random":
+            return [torch.randperm(length, generator=torch.Generator().manual_seed(
+                cfg.seed * 1_000_003 + layer * 1_009 + h))[:b].tolist()
+                for h in range(self.kv_heads)]
+        raise ValueError(f"unknown rule {cfg.rule!r}")
 
     @staticmethod
     def _allocate(scores: torch.Tensor, cfg: AdaBudget, tp: int) -> list[list[int]]:

@@ -19,6 +19,10 @@ highest-scoring positions, plus the window. ``alpha = 1`` gives every head ``B_s
 SnapKV's uniform budget. Ties resolve in (head, position) order (stable sorts): pooling
 makes exact plateaus, and a fixed rule makes the choice reproducible.
 
+**Baselines** (``rule``): the same accounting, ``B_sel`` per head plus the window, chosen
+without scores: StreamingLLM's attention sinks plus the most recent tokens (``recent``) or
+a seeded random draw (``random``); :func:`baseline`.
+
 **Where the kept KV lives.** A compressed request keeps the slots of prompt positions
 ``[cut, P)`` (``cut = page_floor(P - B - 1)``): ``(P - cut) * H_kv`` cells of one KV head
 each, enough for every head's kept tokens (at most ``H_kv * B + H_kv / 2`` with rounding).
@@ -39,6 +43,11 @@ if TYPE_CHECKING:  # torch is imported where it is used: `serve` reads the confi
     import torch
 
 Scoring = Literal["producer", "readers"]
+#: how a head's kept prompt tokens are chosen: Ada-KV's scores (``alpha`` 1: SnapKV), or
+#: one of two score-free baselines under the same per-head budget: StreamingLLM's first
+#: ``sink`` tokens plus the most recent, or a seeded random choice
+Rule = Literal["adakv", "recent", "random"]
+RULES = ("adakv", "recent", "random")
 #: config.json key (``serve --adakv-budget`` sets it through ``--json-model-override-args``)
 CONFIG_KEY = "mixkv_adakv"
 
@@ -52,13 +61,19 @@ class AdaKVConfig:
     """``budget``: average kept prompt tokens per KV head per layer, window included;
     ``window``: observation window (last prompt queries); ``alpha``: each head's floor
     share of ``budget - window``; ``kernel``: max-pooling width (odd); ``scoring``: whose
-    queries score a shared KV head (the producer's, or every layer that reads it)."""
+    queries score a shared KV head (the producer's, or every layer that reads it);
+    ``rule``: what chooses the kept tokens (:data:`RULES`; the baselines give every head
+    ``budget - window`` and ignore ``alpha``, ``kernel`` and ``scoring``); ``sink``: the
+    first prompt tokens ``recent`` keeps; ``seed``: ``random``'s seed."""
 
     budget: int
     window: int = 32
     alpha: float = 0.2
     kernel: int = 7
     scoring: Scoring = "producer"
+    rule: Rule = "adakv"
+    sink: int = 4
+    seed: int = 0
 
     @property
     def selected(self) -> int:
@@ -71,7 +86,9 @@ class AdaKVConfig:
 
     def check(self, plan: plans.Plan, sliding_window: int | None) -> None:
         """Raise AdaKVError for a setting this design cannot hold."""
-        for name in ("budget", "window", "kernel"):
+        if self.rule not in RULES:
+            raise AdaKVError(f"--adakv-rule must be one of {', '.join(RULES)}, got {self.rule!r}")
+        for name in ("budget", "window", "kernel", "sink", "seed"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise AdaKVError(f"adakv {name} must be an integer, got {v!r}")
@@ -82,6 +99,8 @@ class AdaKVConfig:
                              f"{self.window} (the budget includes the observation window)")
         if not 0.0 <= float(self.alpha) <= 1.0:
             raise AdaKVError(f"--adakv-alpha must be in [0, 1], got {self.alpha}")
+        if self.sink < 0:
+            raise AdaKVError(f"--adakv-sink must be at least 0, got {self.sink}")
         if self.kernel < 1 or self.kernel % 2 == 0:
             raise AdaKVError(f"--adakv-kernel must be odd and positive (padding kernel // 2 "
                              f"keeps the row's length), got {self.kernel}")
@@ -172,6 +191,31 @@ def select(scores: torch.Tensor, cfg: AdaKVConfig) -> list[torch.Tensor]:
     caps = head_budgets(scores, cfg)
     order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
     return [torch.sort(order[h, : int(caps[h])]).values for h in range(scores.shape[0])]
+
+
+def baseline(length: int, heads: int, cfg: AdaKVConfig, layer: int,
+             first_head: int = 0) -> list[torch.Tensor]:
+    """The score-free rules' kept positions before the window, per KV head, ascending:
+    ``length`` = P - w positions, ``B_sel`` per head. ``recent``: the first
+    ``min(sink, B_sel)`` and the last ``B_sel - sink``. ``random``: head h of layer
+    ``layer`` (``first_head + h`` counted over every tensor-parallel rank) keeps the first
+    ``B_sel`` of ``torch.randperm(length)`` drawn from a CPU generator seeded
+    ``seed * 1_000_003 + layer * 1_009 + head``: a fixed choice per (seed, layer, head,
+    prompt length) that anyone can redraw."""
+    import torch
+
+    b_sel = cfg.selected
+    if cfg.rule == "recent":
+        sink = min(cfg.sink, b_sel)
+        pos = torch.cat([torch.arange(sink), torch.arange(length - (b_sel - sink), length)])
+        return [pos.clone() for _ in range(heads)]
+    if cfg.rule == "random":
+        out = []
+        for h in range(heads):
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + layer * 1_009 + first_head + h)
+            out.append(torch.sort(torch.randperm(length, generator=g)[:b_sel]).values)
+        return out
+    raise ValueError(f"rule {cfg.rule!r} selects by scores (select)")
 
 
 def kept_counts(kept: list[torch.Tensor], window: int) -> list[int]:

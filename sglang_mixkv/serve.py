@@ -25,7 +25,7 @@ from pathlib import Path
 
 from sglang_mixkv import device, gemma, served
 from sglang_mixkv import plan as plans
-from sglang_mixkv.adakv import AdaKVConfig, AdaKVError
+from sglang_mixkv.adakv import RULES, AdaKVConfig, AdaKVError
 from sglang_mixkv.defaults import (ADMIN_API_KEY_ENV, API_KEY_ENV, CPU_KV_BUDGET, KV_BUDGET_ENV,
                                    MODELS_ENV, REDACTED, SECRET_FLAGS, SERVE_DEFAULTS, SIZE_ENV,
                                    eviction_interval, parse_bytes)
@@ -86,7 +86,8 @@ def adakv_config(args: argparse.Namespace, plan: plans.Plan, cfg: dict) -> AdaKV
     if args.adakv_budget is None:
         return None
     ada = AdaKVConfig(budget=args.adakv_budget, window=args.adakv_window, alpha=args.adakv_alpha,
-                      kernel=args.adakv_kernel, scoring=args.adakv_scoring)
+                      kernel=args.adakv_kernel, scoring=args.adakv_scoring,
+                      rule=args.adakv_rule, sink=args.adakv_sink, seed=args.adakv_seed)
     ada.check(plan, int(cfg.get("sliding_window") or 0) if plan.local_producers else None)
     return ada
 
@@ -224,6 +225,14 @@ def parser() -> argparse.ArgumentParser:
     ada.add_argument("--adakv-scoring", choices=["producer", "readers"], default="producer",
                      help="whose queries score a shared KV head: the producer's (AdaKV's "
                      "per-layer rule) or every layer that reads it")
+    ada.add_argument("--adakv-rule", choices=list(RULES), default="adakv",
+                     help="what chooses each head's kept tokens: Ada-KV's scores (default), "
+                     "or a baseline under the same per-head budget: the first --adakv-sink "
+                     "tokens plus the most recent (recent, StreamingLLM) or a seeded random "
+                     "choice (random)")
+    ada.add_argument("--adakv-sink", type=int, default=4,
+                     help="recent: the first prompt tokens every head keeps (4)")
+    ada.add_argument("--adakv-seed", type=int, default=0, help="random: the draw's seed (0)")
     ap.add_argument("--dry-run", action="store_true", help="print the command and exit")
     ap.add_argument("--gpu", metavar="NAME", help="with --dry-run: plan for this GPU (%s) on a "
                     "machine without it: the command serve would run there (backend, decode "

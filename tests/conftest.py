@@ -1,4 +1,6 @@
+import json
 import os
+import tempfile
 
 # The tests check the CPU path and the GPU paths that run on a CPU (Triton's
 # interpreter): on a GPU host they run exactly as in CI, with the GPU hidden from every
@@ -32,3 +34,36 @@ def pytest_collection_modifyitems(session, config, items):
         return next((i for i, m in enumerate(FIRST) if path.endswith(m)), len(FIRST))
 
     items.sort(key=rank)  # stable: the order inside a module and among the rest is kept
+
+
+def pytest_configure(config):
+    """The controller (not an xdist worker) names a file where every server the tests
+    start appends its start-up time (``harness.server.STARTS_ENV``; workers and the
+    processes they start inherit it)."""
+    from harness.server import STARTS_ENV
+
+    if hasattr(config, "workerinput") or os.environ.get(STARTS_ENV):
+        return
+    fd, path = tempfile.mkstemp(prefix="mixkv-server-starts-", suffix=".jsonl")
+    os.close(fd)
+    os.environ[STARTS_ENV] = config._mixkv_starts = path
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """After the slowest tests: how many servers the run started and what it cost."""
+    path = getattr(config, "_mixkv_starts", None)
+    if not path or not os.path.exists(path):
+        return
+    import pandas as pd
+
+    with open(path) as f:
+        starts = pd.DataFrame([json.loads(line) for line in f if line.strip()],
+                              columns=["what", "seconds"])
+    os.unlink(path)
+    tr = terminalreporter
+    tr.write_sep("=", f"server starts: {len(starts)}, {starts['seconds'].sum():.0f} s "
+                      "from spawn to ready in all (both workers)")
+    if len(starts):
+        by = (starts.groupby("what")["seconds"].agg(["count", "sum", "mean"])
+              .sort_values("sum", ascending=False).head(10))
+        tr.write_line(by.to_string(float_format=lambda x: f"{x:.1f}"))

@@ -5,7 +5,8 @@ the server's kept sets injected into the reference (so near-ties cannot flip the
 Main server: tiny ``ma`` (window W = 32), budget B = 48 with a different observation
 window w = 8 (the two windows cannot be confused), 32-token chunks, the radix cache on,
 SGLang's strict per-step pool check. Others: ``cla2`` with alpha = 1 (SnapKV's uniform
-budget) and ``readers`` scoring; ``standard`` with one KV head (MQA) and ``ma`` with both
+budget) and ``readers`` scoring, ``cla2`` with the seeded random baseline; ``standard``
+with one KV head (MQA) and ``ma`` with both
 pools small, each forcing retractions.
 """
 
@@ -58,6 +59,8 @@ SERVERS = {
                   "--enable-return-hidden-states"], None, STRICT_MEM_CHECK),  # the fuzz asks for them
     "uniform": ("cla2", ["--adakv-budget", "40", "--adakv-window", "4", "--adakv-alpha", "1",
                          "--adakv-scoring", "readers"], None, None),
+    "random": ("cla2", ["--adakv-budget", "40", "--adakv-window", "4", "--adakv-rule", "random",
+                        "--adakv-seed", "3"], None, None),
     "mqa": ("standard", ["--adakv-budget", "32", "--adakv-window", "8", "--max-total-tokens",
                          "400"], 1, {**STRICT_MEM_CHECK, **TIGHT_ADMISSION}),
     "ma_tight": ("ma", ["--adakv-budget", "40", "--adakv-window", "8", "--max-total-tokens",
@@ -278,6 +281,28 @@ def test_aborts_mid_prefill_and_mid_decode_leave_the_pool_empty(ma):
 
 
 # ---- other settings -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def random_rule(servers):
+    """cla2 (2 KV heads) with the seeded random baseline: a selection rule of the same
+    code path (the same budget accounting, compaction, freeing and attention)."""
+    server, ref, debug = serve_fixture(servers, "random")
+    yield server, ref, debug
+    server.stop()
+
+
+def test_a_baseline_rule_keeps_the_references_choice(random_rule):
+    server, ref, debug = random_rule
+    cfg = AdaBudget(budget=40, window=4, rule="random", seed=3)
+    ids = random_prompt(71, 130, SIZE.vocab)
+    check(server, ref, debug, ids, 8, "random", cfg=cfg)
+    kept = server_kept(debug, "random")
+    assert kept == ref.adakv_kept(ids, cfg)  # exactly: no scores, no near-ties
+    heads = [h for layer in kept.values() for h in layer]
+    assert {len(h) for h in heads} == {40} and len({tuple(h) for h in heads}) == len(heads)
+    rules = {json.loads(line)["rule"] for line in debug.read_text().splitlines()}
+    assert rules == {"random"}
+
+
 @pytest.fixture(scope="module")
 def uniform(servers):
     """cla2 (6 global producers, each read by one consumer) with 2 KV heads, alpha = 1

@@ -72,13 +72,19 @@ def test_a_short_training_lowers_the_loss_and_the_folder_serves(tmp_path):
     # make quality's path: our server serves the folder, every answer comes back and a
     # sample of them is replayed through the reference (exit status 1 if one differs)
     report = tmp_path / "quality"
+    # (both regimes; a budget curve of one point served with the recent-tokens baseline)
     assert quality.main(["--models", str(tmp_path / "seed0"), "--plans", "ma", "--sequences", "4",
-                         "--check", "8", "--out", str(report)]) == 0
-    records = [json.loads(ln) for ln in
-               (report / "seed0" / "ma" / "records.jsonl").read_text().splitlines()]
-    assert len(records) == 4 * TASK.queries and all(r["error"] is None for r in records)
+                         "--budgets", "40", "--methods", "recent", "--check", "8",
+                         "--out", str(report)]) == 0
+    for setting in ("ma", "ma@adakv=40_recent"):
+        records = [json.loads(ln) for ln in
+                   (report / "seed0" / setting / "records.jsonl").read_text().splitlines()]
+        assert len(records) == 2 * 4 * TASK.queries and all(r["error"] is None for r in records)
+        assert {r["regime"] for r in records} == {"agnostic", "aware"}
     summary = (report / "summary.csv").read_text()
     assert summary.startswith("setting,") and "\nma," in summary
+    curve = (report / "curves.csv").read_text()
+    assert curve.count("recent") == 4  # (40, full) x 2 regimes
     assert "Every sampled answer equals the plain-PyTorch reference's." in (report / "report.md").read_text()
 
 

@@ -96,9 +96,52 @@ def test_bad_settings_name_the_bound():
     for cfg, says in ((adakv.AdaKVConfig(budget=32, window=32), "must be above"),
                       (adakv.AdaKVConfig(budget=40, window=8, alpha=-0.1), "[0, 1]"),
                       (adakv.AdaKVConfig(budget=40, window=8, kernel=4), "odd"),
-                      (adakv.AdaKVConfig(budget=24, window=8), "below the sliding window 32")):
+                      (adakv.AdaKVConfig(budget=24, window=8), "below the sliding window 32"),
+                      (adakv.AdaKVConfig(budget=40, window=8, rule="streaming"),
+                       "must be one of adakv, recent, random"),
+                      (adakv.AdaKVConfig(budget=40, window=8, rule="recent", sink=-1),
+                       "at least 0")):
         with pytest.raises(adakv.AdaKVError, match=says.replace("[", r"\[").replace("]", r"\]")):
             cfg.check(ma, 32)
     with pytest.raises(adakv.AdaKVError, match="no global producer"):
         adakv.AdaKVConfig(budget=40, window=8).check(parse("LlLl"), 32)
     adakv.AdaKVConfig(budget=24, window=8).check(preset("standard", 12), None)  # no window
+
+
+def test_baselines_by_hand():
+    # 10 positions before the window, budget 7 with a window of 2: B_sel = 5 per head.
+    # recent: sink 2 keeps positions 0, 1 and the last 3; a sink above B_sel keeps B_sel
+    recent = adakv.AdaKVConfig(budget=7, window=2, rule="recent", sink=2)
+    assert [k.tolist() for k in adakv.baseline(10, 2, recent, layer=3)] == [[0, 1, 7, 8, 9]] * 2
+    wide = adakv.AdaKVConfig(budget=7, window=2, rule="recent", sink=9)
+    assert adakv.baseline(10, 1, wide, layer=0)[0].tolist() == [0, 1, 2, 3, 4]
+    # random: B_sel distinct positions per head, ascending, fixed by (seed, layer, head)
+    rnd = adakv.AdaKVConfig(budget=7, window=2, rule="random", seed=5)
+    heads = [k.tolist() for k in adakv.baseline(10, 4, rnd, layer=3)]
+    assert all(len(set(h)) == 5 and h == sorted(h) and max(h) < 10 for h in heads)
+    assert len({tuple(h) for h in heads}) > 1  # heads draw apart
+    assert [k.tolist() for k in adakv.baseline(10, 2, rnd, layer=3, first_head=2)] == heads[2:]
+    assert [k.tolist() for k in adakv.baseline(10, 4, rnd, layer=3)] == heads
+    assert [k.tolist() for k in adakv.baseline(10, 4, adakv.AdaKVConfig(
+        budget=7, window=2, rule="random", seed=6), layer=3)] != heads
+
+
+def test_baselines_equal_the_references(tmp_path):
+    """The server's baseline choice (sglang_mixkv.adakv.baseline, per rank's heads) and the
+    reference's own (Reference._baseline) keep the same positions."""
+    from mixkv_bench.reference import AdaBudget, Reference
+    from sglang_mixkv.model_folder import get_size, write_model_folder
+
+    size = get_size("tiny")
+    write_model_folder(tmp_path, size, "ma", weights=True, seed=0)
+    ref = Reference(tmp_path)
+    prompt = list(range(3, 3 + 90))
+    for rule in ("recent", "random"):
+        kept = ref.adakv_kept(prompt, AdaBudget(budget=40, window=8, rule=rule, seed=1))
+        cfg = adakv.AdaKVConfig(budget=40, window=8, rule=rule, seed=1)
+        assert set(kept) == set(ref.plan.global_producers)
+        for layer, heads in kept.items():
+            half = ref.kv_heads // 2 or 1
+            ours = [k.tolist() + list(range(82, 90)) for r in range(ref.kv_heads // half)
+                    for k in adakv.baseline(82, half, cfg, layer, first_head=r * half)]
+            assert ours == heads and all(len(h) == 40 for h in heads)

@@ -98,6 +98,11 @@ def enabled() -> bool:
     return _config is not None
 
 
+def _rule() -> str:
+    """The selection rule in force (named in ``meta_info["adakv"]`` and the debug log)."""
+    return _config.rule if _config is not None else "adakv"
+
+
 @dataclass
 class Compressed:
     """A compressed request's KV layout (owned by ``req.mixkv_ada``).
@@ -467,6 +472,12 @@ class ModelHook:
         window = torch.arange(p - cfg.window, p, device=slots.device)
         kept_by_layer = {}
         for layer_id in self.producers:
+            if cfg.rule != "adakv":  # a score-free baseline: the same accounting, no scores
+                first_head = _rank()[0] * heads
+                kept_by_layer[layer_id] = [
+                    torch.cat([s.to(slots.device), window])
+                    for s in ada.baseline(p - cfg.window, heads, cfg, layer_id, first_head)]
+                continue
             attn = layers[layer_id].self_attn.attn
             keys = pool.get_key_buffer(layer_id)[slots]  # [P, H, D]
             per_reader = []
@@ -522,7 +533,7 @@ def _asks(req) -> bool:
 def report(c: Compressed) -> dict:
     """``meta_info["adakv"]``: prompt length, first kept slot, kept tokens per head and
     global producer (this rank's heads), and the milliseconds scoring and compaction took."""
-    return {"prompt_tokens": c.prompt_len, "cut": c.cut,
+    return {"prompt_tokens": c.prompt_len, "cut": c.cut, "rule": _rule(),
             "kept": {str(layer): [int(k.numel()) for k in kept] for layer, kept in c.kept.items()},
             "compress_ms": round(c.seconds * 1e3, 3)}
 
@@ -550,7 +561,8 @@ def _record(req, c: Compressed) -> None:
         with open(path, "a") as f:
             for layer, heads in c.kept.items():
                 for h, pos in enumerate(heads):
-                    f.write(json.dumps({"rid": req.rid, "rank": rank, "layer": layer,
+                    f.write(json.dumps({"rid": req.rid, "rank": rank, "rule": _rule(),
+                                        "layer": layer,
                                         "head": rank * c.heads + h, "prompt_len": c.prompt_len,
                                         "positions": pos.tolist()}) + "\n")
 
