@@ -609,6 +609,15 @@ def report(out: Path, records: list[dict], bad: list[dict], specs: list[str], wi
         fig.tight_layout()
         fig.savefig(out / "budget_curve.png", dpi=120)
         plt.close(fig)
+        table = curve.assign(budget=[("full" if b != b or b is None else f"B={int(b)}")
+                                     for b in curve["budget"]])
+        table = table.pivot_table(index=["plan", "layout", "regime", "method"], columns="budget",
+                                  values="acc_far_mean", sort=False)
+        order = sorted((c for c in table.columns if c != "full"), key=lambda c: int(c[2:]))
+        table = table[order + ["full"]]
+        table.columns.name = None
+        prompt_lens = {r: int(n) for r, n in frame(records).groupby("regime", sort=False)
+                       ["prompt_tokens"].max().items()} if "prompt_tokens" in frame(records) else {}
         curve_lines = [
             "## Budget curves: far accuracy against the kept share of the prompt", "",
             "Every method keeps, per KV head of each global producer, the same number of "
@@ -620,7 +629,11 @@ def report(out: Path, records: list[dict], bad: list[dict], specs: list[str], wi
             "random choice. Share 1: the full prompt (no budget). Regime `agnostic`: the "
             "keys are asked only after compression; `aware`: the prompt ends with the keys "
             "that will be asked, so they are in the observation window when it is scored.",
-            "", curve.to_markdown(index=False, floatfmt=".3f"), "",
+            "", "Far accuracy per budget B (columns; `full`: no budget); the kept share of "
+            "each is B over the prompt's tokens (per regime: "
+            + ", ".join(f"{r} {n}" for r, n in prompt_lens.items()) + "). Every point with "
+            "its share, seeds and spread: `curves.csv`.",
+            "", table.reset_index().to_markdown(index=False, floatfmt=".3f"), "",
             "![budget curves](budget_curve.png)", "",
             "### The smallest budget within 2 points of the full prompt", "",
             smallest.to_markdown(index=False, floatfmt=".3f"), "",

@@ -17,8 +17,9 @@ never typed in:
     .venv/bin/python scripts/readme_results.py results/bench-cpu results/shared-prefix-cpu \
         results/bench-adakv-cpu results/capacity-cpu results/capacity-adakv-cpu \
         results/fast-prefill-cpu results/adakv-overhead-cpu results/external-clients \
-        results/soak-cpu results/gemma-cpu results/quality-search results/quality results/quality-scratch \
-        --roofline --adakv --gemma
+        results/soak-cpu results/soak-adakv-cpu results/gemma-cpu results/quality-search \
+        results/quality results/quality-scratch "results/quality-layouts:Accuracy per setting" \
+        "results/quality-budgets:Budget curves" --roofline --adakv --gemma
 """
 
 from __future__ import annotations
@@ -44,10 +45,13 @@ def _image(run: Path, line: str) -> list[str]:
     return ["", f"![{alt}]({run}/{target})", ""]
 
 
-def section(run: Path) -> str:
+def section(arg: str | Path) -> str:
     """A report's header bullets (command, commit, versions, hardware, workload), then:
-    with ``## `` sections, every table and the paragraphs that define their columns; a
+    with ``## `` sections, every table and the paragraphs that define their columns (or,
+    for an argument ``RUN:Title,Title``, those of the sections whose titles start so); a
     short report without sections (overhead, external clients, soak), its whole body."""
+    text, _, only = str(arg).partition(":")
+    run, titles = Path(text), [t.strip() for t in only.split(",") if t.strip()]
     lines = (run / "report.md").read_text().splitlines()
     out = [f"### `{run}`", ""]
     first = next((i for i, ln in enumerate(lines) if ln.startswith("## ")), None)
@@ -64,7 +68,9 @@ def section(run: Path) -> str:
     keep = False
     for ln in lines:
         if ln.startswith("## "):
-            keep = True
+            keep = not titles or any(ln[3:].startswith(t) for t in titles)
+            out += ["#" + ln, ""] if keep else []
+        elif keep and ln.startswith("### "):
             out += ["#" + ln, ""]
         elif keep and ln.startswith("|"):
             out.append(ln)
@@ -215,7 +221,8 @@ def replace(text: str, begin: str, end: str, body: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", nargs="*", type=Path, help="run folders whose report.md to copy")
+    ap.add_argument("runs", nargs="*", help="run folders whose report.md to copy (RUN:Title,... "
+                    "copies only the sections whose titles start so)")
     ap.add_argument("--roofline", action="store_true", help="regenerate the H100 projection")
     ap.add_argument("--adakv", action="store_true", help="regenerate the Ada-KV tables")
     ap.add_argument("--gemma", action="store_true", help="regenerate the Gemma roofline")

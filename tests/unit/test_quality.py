@@ -189,3 +189,20 @@ def test_budget_curve_and_the_smallest_budget_within_two_points():
     smallest = quality.smallest_budgets(curve).set_index("method")
     assert smallest.loc["adakv", "smallest_budget"] == 48  # 0.89 >= 0.90 - 0.02
     assert smallest["smallest_budget"].isna()["recent"]  # 20% is not within 2 points of 90%
+
+
+def test_the_report_tabulates_the_curves(tmp_path):
+    rec = dict(models="seed0", plan="ma", scoring="producer", alpha=0.2, context=48,
+               layout="zoology", far=True, error=None, distance=40)
+    records = [{**rec, "setting": s, "variant": s.split(" ")[0], "method": m, "budget": b,
+                "regime": regime, "prompt_tokens": n, "kept_share": 1.0 if b is None else b / n,
+                "correct": i < right}
+               for regime, n in (("agnostic", 49), ("aware", 52))
+               for s, m, b, right in (("ma", "full", None, 9), ("ma@adakv=40 recent", "recent", 40, 3))
+               for i in range(10)]
+    meta = {"command": "test", "git": {"commit": "x", "dirty": False}, "versions": {}, "hardware": {}}
+    quality.report(tmp_path, records, [], ["ma", "ma@adakv=40"], 16, TASK, meta)
+    text = (tmp_path / "report.md").read_text()
+    assert "| ma     | zoology  | agnostic | recent   |  0.300 |  0.900 |" in text
+    assert "agnostic 49, aware 52" in text
+    assert (tmp_path / "budget_curve.png").exists() and (tmp_path / "curves.csv").exists()
