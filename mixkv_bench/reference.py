@@ -153,7 +153,7 @@ class Reference:
             return {}
         if cfg.rule != "adakv":
             return {prod: [sorted(sel) + list(range(n - w, n))
-                           for sel in self._baseline(n - w, prod, cfg)]
+                           for sel in self._baseline(prompt, n - w, prod, cfg)]
                     for prod in self.plan.global_producers}
         return {prod: [sorted(sel) + list(range(n - w, n)) for sel in self._allocate(scores, cfg, tp)]
                 for prod, scores in self.adakv_scores(prompt, cfg).items()}
@@ -190,18 +190,24 @@ class Reference:
             out[prod] = padded.unfold(1, cfg.kernel, 1).max(dim=-1).values
         return out
 
-    def _baseline(self, length: int, layer: int, cfg: AdaBudget) -> list[list[int]]:
+    def _baseline(self, prompt: list[int], length: int, layer: int,
+                  cfg: AdaBudget) -> list[list[int]]:
         """The score-free rules, per KV head: B - w positions of the ``length`` before the
         window. ``recent``: positions below ``sink`` and the latest; ``random``: the first
         B - w of a permutation drawn, per head h, by a CPU generator seeded
-        ``seed * 1,000,003 + layer * 1,009 + h`` (the rule's definition)."""
+        ``seed * 1,000,003 + layer * 1,009 + h + 7,919 * crc32(prompt ids as int64 LE)``
+        (the rule's definition)."""
+        import struct
+        import zlib
+
+        key = zlib.crc32(struct.pack(f"<{len(prompt)}q", *prompt))
         b = cfg.budget - cfg.window
         if cfg.rule == "recent":
             sink = min(cfg.sink, b)
             return [list(range(sink)) + list(range(length - b + sink, length))] * self.kv_heads
         if cfg.rule == "random":
             return [torch.randperm(length, generator=torch.Generator().manual_seed(
-                cfg.seed * 1_000_003 + layer * 1_009 + h))[:b].tolist()
+                cfg.seed * 1_000_003 + layer * 1_009 + h + 7_919 * key))[:b].tolist()
                 for h in range(self.kv_heads)]
         raise ValueError(f"unknown rule {cfg.rule!r}")
 

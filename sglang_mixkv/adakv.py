@@ -34,8 +34,9 @@ slots: every head appends its own K/V there.
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 from sglang_mixkv import plan as plans
 
@@ -193,15 +194,22 @@ def select(scores: torch.Tensor, cfg: AdaKVConfig) -> list[torch.Tensor]:
     return [torch.sort(order[h, : int(caps[h])]).values for h in range(scores.shape[0])]
 
 
-def baseline(length: int, heads: int, cfg: AdaKVConfig, layer: int,
-             first_head: int = 0) -> list[torch.Tensor]:
+def prompt_key(prompt: Sequence[int]) -> int:
+    """CRC-32 of the prompt's token ids as little-endian int64s: what ``random`` mixes into
+    its seed, so that every prompt gets its own draw."""
+    return zlib.crc32(b"".join(int(t).to_bytes(8, "little", signed=True) for t in prompt))
+
+
+def baseline(length: int, heads: int, cfg: AdaKVConfig, layer: int, first_head: int = 0,
+             key: int = 0) -> list[torch.Tensor]:
     """The score-free rules' kept positions before the window, per KV head, ascending:
     ``length`` = P - w positions, ``B_sel`` per head. ``recent``: the first
     ``min(sink, B_sel)`` and the last ``B_sel - sink``. ``random``: head h of layer
     ``layer`` (``first_head + h`` counted over every tensor-parallel rank) keeps the first
     ``B_sel`` of ``torch.randperm(length)`` drawn from a CPU generator seeded
-    ``seed * 1_000_003 + layer * 1_009 + head``: a fixed choice per (seed, layer, head,
-    prompt length) that anyone can redraw."""
+    ``seed * 1_000_003 + layer * 1_009 + head + 7_919 * key`` (``key``: the prompt's
+    :func:`prompt_key`): a fixed choice per (seed, layer, head, prompt) that anyone can
+    redraw."""
     import torch
 
     b_sel = cfg.selected
@@ -212,7 +220,8 @@ def baseline(length: int, heads: int, cfg: AdaKVConfig, layer: int,
     if cfg.rule == "random":
         out = []
         for h in range(heads):
-            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + layer * 1_009 + first_head + h)
+            g = torch.Generator().manual_seed(
+                cfg.seed * 1_000_003 + layer * 1_009 + first_head + h + 7_919 * key)
             out.append(torch.sort(torch.randperm(length, generator=g)[:b_sel]).values)
         return out
     raise ValueError(f"rule {cfg.rule!r} selects by scores (select)")

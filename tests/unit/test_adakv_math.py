@@ -122,6 +122,8 @@ def test_baselines_by_hand():
     assert len({tuple(h) for h in heads}) > 1  # heads draw apart
     assert [k.tolist() for k in adakv.baseline(10, 2, rnd, layer=3, first_head=2)] == heads[2:]
     assert [k.tolist() for k in adakv.baseline(10, 4, rnd, layer=3)] == heads
+    assert [k.tolist() for k in adakv.baseline(10, 4, rnd, layer=3, key=1)] != heads  # a prompt's own
+    assert adakv.prompt_key([1, 2]) == adakv.prompt_key([1, 2]) != adakv.prompt_key([2, 1])
     assert [k.tolist() for k in adakv.baseline(10, 4, adakv.AdaKVConfig(
         budget=7, window=2, rule="random", seed=6), layer=3)] != heads
 
@@ -142,6 +144,7 @@ def test_baselines_equal_the_references(tmp_path):
         assert set(kept) == set(ref.plan.global_producers)
         for layer, heads in kept.items():
             half = ref.kv_heads // 2 or 1
+            key = adakv.prompt_key(prompt)
             ours = [k.tolist() + list(range(82, 90)) for r in range(ref.kv_heads // half)
-                    for k in adakv.baseline(82, half, cfg, layer, first_head=r * half)]
+                    for k in adakv.baseline(82, half, cfg, layer, first_head=r * half, key=key)]
             assert ours == heads and all(len(h) == 40 for h in heads)

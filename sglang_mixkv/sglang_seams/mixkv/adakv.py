@@ -473,10 +473,11 @@ class ModelHook:
         kept_by_layer = {}
         for layer_id in self.producers:
             if cfg.rule != "adakv":  # a score-free baseline: the same accounting, no scores
-                first_head = _rank()[0] * heads
+                key = ada.prompt_key((list(req.origin_input_ids) + list(req.output_ids))[:p])
                 kept_by_layer[layer_id] = [
                     torch.cat([s.to(slots.device), window])
-                    for s in ada.baseline(p - cfg.window, heads, cfg, layer_id, first_head)]
+                    for s in ada.baseline(p - cfg.window, heads, cfg, layer_id,
+                                          _rank()[0] * heads, key)]
                 continue
             attn = layers[layer_id].self_attn.attn
             keys = pool.get_key_buffer(layer_id)[slots]  # [P, H, D]
