@@ -307,12 +307,13 @@ def evaluate(roots: list[Path], specs: list[str], contexts: list[int] | None, se
                 with launched_on_free_port(lambda port: serve_command(folder, setting, port),
                                            vdir / "server.log", timeout=600) as url:
                     records = asyncio.run(ask(url, ps, concurrency))
-            window = cfg.get("sliding_window") or task.context
+            sliding = cfg.get("sliding_window") or task.context
             for r in records:
                 r.update(models=folder.parent.name, setting=setting.label,
                          variant=setting.variant, plan=variant.plan, method=setting.method,
                          budget=setting.budget, scoring=setting.scoring, alpha=setting.alpha,
-                         rule=setting.rule, far=r["distance"] > window,
+                         rule=setting.rule, far=r["distance"] > sliding,
+                         adakv_window=setting.window if setting.budget is not None else None,
                          kept_share=(1.0 if setting.budget is None
                                      else min(1.0, setting.budget / r["prompt_tokens"])))
             with open(vdir / "records.jsonl", "w") as f:

@@ -81,6 +81,7 @@ def test_a_short_training_lowers_the_loss_and_the_folder_serves(tmp_path):
                    (report / "seed0" / setting / "records.jsonl").read_text().splitlines()]
         assert len(records) == 2 * 4 * TASK.queries and all(r["error"] is None for r in records)
         assert {r["regime"] for r in records} == {"agnostic", "aware"}
+        assert {r["adakv_window"] for r in records} == ({None} if setting == "ma" else {32})
     summary = (report / "summary.csv").read_text()
     assert summary.startswith("setting,") and "\nma," in summary
     curve = (report / "curves.csv").read_text()
