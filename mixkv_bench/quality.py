@@ -593,21 +593,29 @@ def report(out: Path, records: list[dict], bad: list[dict], specs: list[str], wi
     plt.close(fig)
     curve_lines = []
     if len(curve):
-        panels = curve[["plan", "context", "regime"]].drop_duplicates().values.tolist()
-        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False,
-                                 sharey=True)
-        for ax, (plan, context, regime) in zip(axes[0], panels):
-            part = curve[(curve["plan"] == plan) & (curve["context"] == context)
-                         & (curve["regime"] == regime)]
-            for (layout, method), g in part.groupby(["layout", "method"], sort=False):
-                ax.errorbar(g["kept_share"], g["acc_far_mean"], yerr=g["acc_far_std"].fillna(0),
-                            marker="o", ms=3, capsize=2, label=f"{method} ({layout})",
-                            ls="-" if layout == "zoology" else "--")
-            ax.set_title(f"{plan}, context {context}, {regime}", fontsize=9)
-            ax.set_xlabel("kept share of the prompt (budget / prompt tokens)")
-        axes[0][0].set_ylabel(f"far recall accuracy (> {window} tokens back)")
-        axes[0][-1].legend(fontsize=7)
-        fig.tight_layout()
+        rows = curve[["plan", "context"]].drop_duplicates().values.tolist()
+        cols = curve[["layout", "regime"]].drop_duplicates().values.tolist()
+        colour = {m: f"C{i}" for i, m in enumerate(METHODS)}  # one colour per method
+        fig, axes = plt.subplots(len(rows), len(cols), figsize=(3.6 * len(cols), 3.2 * len(rows)),
+                                 squeeze=False, sharex=True, sharey=True)
+        for (plan, context), row in zip(rows, axes):
+            for (layout, regime), ax in zip(cols, row):
+                part = curve[(curve["plan"] == plan) & (curve["context"] == context)
+                             & (curve["layout"] == layout) & (curve["regime"] == regime)]
+                for method, g in part.groupby("method", sort=False):
+                    ax.errorbar(g["kept_share"], g["acc_far_mean"],
+                                yerr=g["acc_far_std"].fillna(0), marker="o", ms=3, capsize=2,
+                                color=colour.get(method), label=method)
+                ax.set_title(f"{plan}, context {context}: {layout}, {regime}", fontsize=8)
+                ax.grid(alpha=0.3)
+        for ax in axes[-1]:
+            ax.set_xlabel("kept share of the prompt")
+        for row in axes:
+            row[0].set_ylabel(f"far recall (> {window} tokens back)", fontsize=8)
+        handles = {h.get_label(): h for ax in axes.flat for h in ax.get_legend_handles_labels()[0]}
+        fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles),
+                   fontsize=8)
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
         fig.savefig(out / "budget_curve.png", dpi=120)
         plt.close(fig)
         table = curve.assign(budget=[("full" if b != b or b is None else f"B={int(b)}")
