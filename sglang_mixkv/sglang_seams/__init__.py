@@ -31,6 +31,8 @@ None); every other model passes through them unchanged.
 - :mod:`.patches.torch_native`: the ``torch_native`` backend reads SWA layers through
   the full->SWA index map (stock reads them with full-pool indices) and honours windows;
 - :mod:`.patches.rotary_cpu`: SGLang's rotary embedding on plain torch without CUDA;
+- :mod:`.patches.fork_cpu`: without CUDA, the scheduler and detokenizer processes are
+  forked from the launcher instead of spawned (no second import of SGLang);
 - :mod:`.patches.gemma`: Gemma 3n / 4 load on CPU and match transformers (config
   fields, soft-capping under Triton's interpreter, Gemma 3n's window).
 
@@ -58,6 +60,7 @@ def hooks(cuda: bool) -> list[Hook]:
     from sglang_mixkv.sglang_seams.mixkv import adakv, fast_prefill, gemma_tail, pools, radix
     from sglang_mixkv.sglang_seams.patches import admin_auth as auth
     from sglang_mixkv.sglang_seams.patches import crash_fixes as fix
+    from sglang_mixkv.sglang_seams.patches import fork_cpu
     from sglang_mixkv.sglang_seams.patches import gemma
     from sglang_mixkv.sglang_seams.patches import validation as val
 
@@ -98,9 +101,10 @@ def hooks(cuda: bool) -> list[Hook]:
         Hook(gemma.SOFTCAP, gemma.softcap_cpu_tensors, "AROUND"),
         Hook(gemma.GEMMA3N_ATTENTION_INIT, gemma.gemma3n_window_and_producer, "AFTER"),
     ]
-    if not cuda:  # xgrammar's pinned bitmask and its CUDA kernel
+    if not cuda:  # xgrammar's pinned bitmask and its CUDA kernel; children forked
         listed += [Hook(fix.GRAMMAR_BITMASK, fix.unpinned_token_bitmask, "REPLACE"),
-                   Hook(fix.GRAMMAR_APPLY, fix.apply_vocab_mask_on_cpu, "AROUND")]
+                   Hook(fix.GRAMMAR_APPLY, fix.apply_vocab_mask_on_cpu, "AROUND"),
+                   Hook(fork_cpu.SET_ENVS, fork_cpu.fork_children, "AFTER")]
     return listed
 
 

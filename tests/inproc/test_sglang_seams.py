@@ -30,8 +30,9 @@ def test_plugin_registers_the_model_backends_and_every_hook():
         assert ATTENTION_BACKENDS[name] is factory
     listed = sglang_seams.hooks(cuda=torch.cuda.is_available())
     # 7 (3 for Gemma's layer lists) + 4 (Gemma fast prefill) + 9 (Ada-KV) mixkv/ hooks,
-    # 4 admin/key hooks, 3 validation, 6 crash fixes + 2 CPU-only ones, 4 Gemma fixes
-    assert len(listed) == 39 - 2 * torch.cuda.is_available()
+    # 4 admin/key hooks, 3 validation, 6 crash fixes + 2 CPU-only ones, 4 Gemma fixes,
+    # and on CPU the forked subprocesses
+    assert len(listed) == 40 - 3 * torch.cuda.is_available()
     for hook in listed:
         assert callable(pkgutil.resolve_name(hook.target)), hook.target
         registered = [fn for _, fn, _ in HookRegistry._hooks[hook.target]]
@@ -64,3 +65,23 @@ def test_sglang_builds_buffers_for_producers_only(name, tmp_path):
     assert sorted(pool.layers_mapping) == plan.producers
     # every consumer reads a layer that has a buffer
     assert {plan.layers[i].source for i in range(len(plan))} <= set(pool.layers_mapping)
+
+
+def test_without_cuda_the_launcher_forks_its_subprocesses(monkeypatch):
+    """The hook after SGLang's ``spawn`` (engine.py:1670) leaves ``fork`` for this process;
+    ``MIXKV_SPAWN=1`` keeps ``spawn``. (Every server test runs forked children.)"""
+    import multiprocessing
+
+    from sglang_mixkv.sglang_seams.patches import fork_cpu
+
+    before = multiprocessing.get_start_method(allow_none=True)
+    try:
+        multiprocessing.set_start_method("spawn", force=True)
+        monkeypatch.setenv(fork_cpu.OPT_OUT, "1")
+        fork_cpu.fork_children(None)
+        assert multiprocessing.get_start_method() == "spawn"
+        monkeypatch.delenv(fork_cpu.OPT_OUT)
+        fork_cpu.fork_children(None)
+        assert multiprocessing.get_start_method() == "fork"
+    finally:
+        multiprocessing.set_start_method(before, force=True)

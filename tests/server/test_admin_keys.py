@@ -102,6 +102,7 @@ def test_keys_stay_out_of_argv_log_server_info_and_results(server, tmp_path):
     group = subprocess.run(["ps", "-o", "args=", "-g", str(server.proc.pid)],
                            capture_output=True, text=True).stdout
     assert "sglang" in group  # the listing is the server's (launcher, scheduler, ...)
+    assert "subprocesses are forked" in server.log_text()  # CPU: patches/fork_cpu
     info = server.get("/server_info", headers=USER).text
     assert json.loads(info)["api_key"] == "***" and json.loads(info)["admin_api_key"] == "***"
     r = cli("run", "--url", server.url, "--profile", "cpu-smoke", "--num-prompts", "2",
