@@ -52,7 +52,7 @@ SKIP = [
     (r"sglang_mixkv\.serve\b.*models/recall-", "needs a trained folder (the command above)"),
     (r"^make quality\b", "serves every trained checkpoint for minutes; tests/server/test_train.py "
      "runs its path on a folder trained a few dozen steps"),
-    (r"scripts/quality_models(_mixed)?\.sh\b", "trains every checkpoint (hours on 2 cores)"),
+    (r"scripts/quality_models(_mixed|_long)?\.sh\b", "trains every checkpoint (hours on 2 cores)"),
     (r"^hf download\b", "downloads a gated checkpoint (the Gemma license) from Hugging Face"),
     (r"sglang_mixkv\.(gemma|serve)\b.*gemma-[34]-", "needs a downloaded Gemma checkpoint; "
      "tests/server/test_gemma.py serves tiny ones written by transformers"),
