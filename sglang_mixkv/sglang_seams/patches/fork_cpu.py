@@ -6,9 +6,11 @@ because CUDA cannot be initialised again in a forked child. A spawned child re-i
 SGLang, torch and every model module the launcher has already imported (the scheduler's
 imports are most of a CPU server's start-up: some 15-25 s of one core each on a 2-core
 box). Without CUDA there is nothing a fork would share that a child must not: the
-launcher has started no thread, event loop or torch thread pool when it starts them
-(``Engine._launch_subprocesses``, ``entrypoints/engine.py:1047-1100``: the tokenizer
-manager and the HTTP server come after), and each child opens its own sockets.
+launcher has started no thread, event loop or socket when it starts them
+(``Engine._launch_subprocesses``, ``entrypoints/engine.py:1025``: the schedulers at
+:1092, the detokenizer at :1158, then the tokenizer manager and the HTTP server; the
+only thread, the Rust server's watchdog at :1143, is not on this path), and each child
+opens its own sockets.
 
 ``MIXKV_SPAWN=1`` keeps SGLang's ``spawn``.
 """
