@@ -19,7 +19,8 @@ never typed in:
         results/fast-prefill-cpu results/adakv-overhead-cpu results/external-clients \
         results/soak-cpu results/soak-adakv-cpu results/gemma-cpu results/quality-search \
         results/quality results/quality-scratch "results/quality-layouts:Accuracy per setting" \
-        "results/quality-budgets:Budget curves" --roofline --adakv --gemma
+        "results/quality-budgets:Budget curves" "results/quality-long:Budget curves" \
+        --roofline --adakv --gemma
 """
 
 from __future__ import annotations
