@@ -8,12 +8,15 @@ the server outlives one ``with`` block, so module-scoped fixtures can share it."
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import requests
 
+from harness.runner import flush_cache
 from harness.server import (AddressInUse, Started, free_port, spawn,  # noqa: F401 - re-exported
                             start_on_free_port, wait_ready)
 
@@ -51,6 +54,17 @@ class Server:
         r = self.post("/generate", body)
         r.raise_for_status()
         return r.json()
+
+    def flush(self, admin_key: str | None = None) -> None:
+        """Empty the prefix cache, retrying while SGLang still counts the last finished
+        request as running (its scheduler drops it a loop after the answer is sent:
+        ``Scheduler.is_fully_idle`` reads ``last_batch``). Raises ``FlushError`` if it
+        never flushes; uses the harness's flush, the one the benchmark runs."""
+        async def go() -> str:
+            async with aiohttp.ClientSession() as session:
+                return await flush_cache(session, self.url, admin_key)
+
+        assert asyncio.run(go()) == "ok"
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")

@@ -122,7 +122,7 @@ class GemmaChecks:
     def test_radix_hit_matches_transformers(self, served):
         """A prompt that extends a cached one reuses its prefix and still matches."""
         _, server, ref = served
-        server.post("/flush_cache", {})
+        server.flush()
         first = prompt(40, seed=11)
         check(server, ref, first, new=2)
         second = first + prompt(12, seed=12)
@@ -138,11 +138,11 @@ class GemmaChecks:
         ids = prompt(3 * CHUNK + 17, seed=21)
         for start, new, want in ((-1, 6, [(1, c) for c in chunks(len(ids))]),
                                  (len(ids) - 5, 4, [(1, CHUNK)] * 3 + [(5, 17)])):
-            server.post("/flush_cache", {})
+            server.flush()
             mark = len(server.log_text())
             check(server, ref, ids, new=new, start=start)
             assert fast_lines(server, mark)[:4] == want
-        server.post("/flush_cache", {})
+        server.flush()
         mark = len(server.log_text())
         r = server.post("/generate", {"input_ids": ids, "sampling_params": {
             "max_new_tokens": 5, "temperature": 0, "ignore_eos": True}})

@@ -104,7 +104,7 @@ def test_chunked_prefill(served):
 
 def test_radix_cache_hit(served):
     _, server, ref = served
-    server.post("/flush_cache", {})
+    server.flush()
     first = prompt(13, 150)
     check(server.generate(first, 4), ref, first, 4)
     second = first + prompt(14, 45)
@@ -279,7 +279,7 @@ def test_fast_prefill_keeps_prompt_logprobs_exact(tailed):
     """The last five prompt logprobs: the tail runs on those five rows only. (All of
     them: every row, the full path; the checks above cover it.)"""
     _, server, ref = tailed
-    server.post("/flush_cache", {})  # a cached prompt would shorten the extend
+    server.flush()  # a cached prompt would shorten the extend
     ids = prompt(61, CHUNK + 40)
     mark = len(server.log_text())
     out = server.generate(ids, 4, logprob_start_len=len(ids) - 5)
@@ -291,7 +291,7 @@ def test_fast_prefill_keeps_prompt_logprobs_exact(tailed):
 
 def test_fast_prefill_radix_hit_and_concurrent_requests(tailed):
     _, server, ref = tailed
-    server.post("/flush_cache", {})
+    server.flush()
     first = prompt(62, 150)
     check(server.generate(first, 3, logprob_start_len=-1), ref, first, 3, prompt_logprobs=False)
     second = first + prompt(63, 45)

@@ -95,7 +95,7 @@ def test_chunked_prefill(served):
 
 def test_radix_cache_hit(served):
     _, server, ref = served
-    server.post("/flush_cache", {})
+    server.flush()
     first = prompt(13, 50)
     check(server.generate(first, 3), ref, first, 3)
     second = first + prompt(14, 13)
