@@ -11,8 +11,8 @@
 # core), the 15 uptrainings about 20 minutes two at a time.
 #
 # SCRATCH_SEEDS="0 1 2" also trains the claim's plans from scratch with standard's recipe,
-# every run to step SCRATCH_UNTIL (4,000; into $OUT/scratch/seed<S>/<plan>; about 19
-# minutes a run two at a time on 2 cores: the 12 runs of results/quality-scratch in 2 hours).
+# every run to step SCRATCH_UNTIL (4,000; into $OUT/scratch/seed<S>/<plan>; about 22
+# minutes a run two at a time on 2 cores: the 12 runs of results/quality-scratch in 2.3 hours).
 #
 # A run that stops (its --minutes) resumes where it stopped when this is run again.
 set -euo pipefail
