@@ -80,8 +80,9 @@ serve: setup
 	$(PY) -m sglang_mixkv.serve --plan $(PLAN) --size $(SIZE) --port $(PORT) $(SERVE_ARGS)
 
 # The GPU check on a GPU host without a package index (scripts/gpu_check.sh): installs
-# from WHEELS (made beforehand with scripts/gpu/wheels.sh), runs PART, writes OUT.
-# DRY_RUN=1 prints every command instead (any machine, with the venv).
+# from WHEELS (made beforehand with scripts/gpu/wheels.sh), runs PART, writes OUT;
+# DEADLINE (seconds for it all) and GPU (the roofline's H100|H200) reach it from the
+# environment. DRY_RUN=1 prints every command instead (any machine, with the venv).
 WHEELS ?= .whl
 GPU_OUT ?= results/gpu-check
 gpu-check: $(if $(DRY_RUN),setup)

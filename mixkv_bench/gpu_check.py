@@ -1,7 +1,7 @@
 """The GPU check: what an air-gapped GPU host must show, in one command of a few minutes.
 
-    python -m mixkv_bench.gpu_check [--part all|correctness,paper,peer,metadata]
-        [--out DIR] [--gpu H200] [--dry-run]
+    python -m mixkv_bench.gpu_check [--part all|correctness,paper,metadata,peer]
+        [--out DIR] [--gpu H100|H200] [--deadline-s S] [--dry-run]
 
 (``scripts/gpu_check.sh`` installs from a wheel folder first and packs the results;
 ``make gpu-check``.) Parts, in the order they run:
@@ -16,14 +16,19 @@
   ``standard``, ``ma`` and ``ma@adakv=2048``, each server started once: output tok/s,
   TTFT/TPOT p50, measured / roofline, and decode step times at 1 and 32 running requests
   (read off the server's log) against the roofline's bound.
-- ``peer``: the same for stock ``sglang.launch_server`` serving the ``standard`` shape as
-  a ``LlamaForCausalLM`` (our plugin off: ``SGLANG_PLUGINS``), what a user would run
-  otherwise.
 - ``metadata``: ``scripts/adakv_decode_metadata.py`` (host cost of an Ada-KV decode
   step's metadata against the plain path's).
+- ``peer``: the paper part for stock ``sglang.launch_server`` serving the ``standard``
+  shape as a ``LlamaForCausalLM`` (our plugin off: ``SGLANG_PLUGINS``), what a user would
+  run otherwise.
 
 Each step has its own time limit, and every finished step is in ``check.json`` at once
 (the report is rewritten after each), so a step that runs out of time loses only itself.
+``--deadline-s`` bounds the whole: a step's limit is cut to what is left, and a step that
+would get less than its minimum is skipped and named in the report (exit 2), so one call
+of a lent GPU's time limit does what fits and the next call runs the rest (``--part``).
+The roofline's bounds are for the GPU the check runs on (``--gpu``: H100 or H200, found
+from the device's name when not given).
 ``--dry-run`` prints every command (servers through ``serve --dry-run --gpu``) and runs
 none: how a machine without a GPU checks this file.
 """
@@ -54,7 +59,8 @@ from mixkv_bench.servers import server_command
 from mixkv_bench.settings import Settings
 from sglang_mixkv.model_folder import get_size, write_model_folder
 
-PARTS = ("correctness", "paper", "peer", "metadata")
+#: in the order they run: what a short call must not miss first
+PARTS = ("correctness", "paper", "metadata", "peer")
 #: (plan, serve flags) of the correctness part
 TINY_CASES = [("ma-offset", []), ("ma", ["--adakv-budget", "64", "--adakv-window", "16"])]
 #: prompt lengths and output tokens of the correctness part (tiny: window 32, chunk 256)
@@ -84,6 +90,8 @@ REHEARSAL = Scale("tiny", 4, 200, 16, 4, 8, 64, ("--decode-log-interval", "4"),
                   ("--device", "cpu", "--attention-backend", "torch_native"))
 #: seconds each step may take, its server's start included
 LIMITS = {"correctness": 120, "paper": 150, "peer": 150, "metadata": 90}
+#: a step that would get fewer seconds than this under ``--deadline-s`` is skipped
+MIN_STEP_S = {"correctness": 75, "paper": 90, "peer": 90, "metadata": 30}
 START_S = 300
 #: logprob tolerance on the GPU for the float32 tiny model: TF32-free float32 kernels
 #: differ from the reference by summation order (~1e-5); 1e-2 leaves room for a TF32
@@ -102,13 +110,14 @@ class Check:
     def __init__(self, out: Path, gpu: str, scale: Scale = GPU, dry: bool = False):
         self.out, self.gpu, self.scale, self.dry = out, gpu, scale, dry
         out.mkdir(parents=True, exist_ok=True)
-        self.record = {"meta": collect(), "gpu": gpu, "scale": scale.__dict__, "steps": []}
+        self.record = {"meta": collect(), "gpu": gpu, "rehearsal": scale is not GPU,
+                       "scale": scale.__dict__, "steps": []}
 
     @contextlib.contextmanager
     def step(self, name: str, limit: float):
         """Run a step under its time limit (SIGALRM: the ``with`` blocks inside clean up
         their servers); record its result or its error and save."""
-        row = {"step": name, "limit_s": limit}
+        row = {"step": name, "limit_s": round(limit, 1)}
         self.record["steps"].append(row)
         t0 = time.monotonic()
 
@@ -116,7 +125,7 @@ class Check:
             raise StepTimeout(f"{name}: over its {limit:g} s")
 
         old = signal.signal(signal.SIGALRM, expire)
-        signal.alarm(int(limit))
+        signal.alarm(max(1, int(limit)))
         try:
             yield row
             row["ok"] = True
@@ -129,6 +138,13 @@ class Check:
             self.save()
             print(f"gpu-check: {name}: {'ok' if row.get('ok') else row.get('error')} "
                   f"({row['wall_s']} s)", flush=True)
+
+    def skip(self, name: str, part: str, left: float) -> None:
+        """Record a step the deadline leaves no time for (run it with ``--part PART``)."""
+        self.record["steps"].append({"step": name, "part": part, "skipped":
+                                     f"{max(left, 0):.0f} s left of the deadline"})
+        self.save()
+        print(f"gpu-check: {name}: skipped, {max(left, 0):.0f} s left of the deadline", flush=True)
 
     def save(self) -> None:
         (self.out / "check.json").write_text(json.dumps(self.record, indent=1, default=str) + "\n")
@@ -158,7 +174,7 @@ def correctness(check: Check, plan: str, extra: list[str]) -> dict:
     if extra:
         env["MIXKV_ADAKV_DEBUG_JSONL"] = str(debug)
     if check.dry:
-        return {"plan": plan, "command": dry_serve(cmd, env)}
+        return {"plan": plan, "command": dry_serve(cmd, env, check.gpu)}
     log = check.out / f"tiny-{plan}.log"
     vocab = get_size("tiny").vocab
     cases = [(f"{plan}-{n}", prompt(n, n, vocab)) for n in TINY_PROMPTS]
@@ -228,12 +244,12 @@ def step_times(log_text: str) -> dict[int, float]:
 
 
 def bound_of(check: Check, spec: str) -> dict:
-    """The roofline's bound on an H200 for the scale's workload (``--gpu H200``)."""
+    """The roofline's bound on the check's GPU (``--gpu``) for the scale's workload."""
     sc = check.scale
     size = get_size(sc.size)
     spec = "standard" if spec == "stock-llama" else spec
     wl = roofline.Workload(sc.num_prompts, sc.input_len, sc.output_len, (sc.concurrency,))
-    hw = roofline.gpu("H200")
+    hw = roofline.gpu(check.gpu)
     plan = variants.parse(spec).resolve(size.num_layers)
     b = roofline.level_bound(size, spec, hw, wl, sc.concurrency,
                              roofline.serving_for(size, plan, hw, max_running=sc.concurrency))
@@ -261,8 +277,9 @@ def paper(check: Check, spec: str) -> dict:
     runs = [(vdir / "single", True), (vdir / "main", False)]
     if check.dry:
         cmd = make(30000)
+        ours = "sglang_mixkv.serve" in cmd
         return {"variant": spec,
-                "command": dry_serve(cmd, env) if "sglang_mixkv.serve" in cmd else " ".join(cmd),
+                "command": dry_serve(cmd, env, check.gpu) if ours else " ".join(cmd),
                 "harness": [" ".join(harness_run(check, "URL", d, spec, one)) for d, one in runs]}
     log = vdir / "server.log"
     t0 = time.monotonic()
@@ -296,15 +313,15 @@ def metadata(check: Check) -> dict:
     return {"rows": json.loads((check.out / "metadata" / "rows.json").read_text())}
 
 
-def dry_serve(cmd: list[str], env: dict) -> str:
-    """What ``serve`` would run on the GPU (``--dry-run --gpu H200``), asked in this
+def dry_serve(cmd: list[str], env: dict, gpu: str) -> str:
+    """What ``serve`` would run on ``gpu`` (``--dry-run --gpu GPU``), asked in this
     process (with ``env`` applied meanwhile): the lines it prints."""
     import io
     import os
 
     from sglang_mixkv import serve
 
-    argv = cmd[cmd.index("sglang_mixkv.serve") + 1:] + ["--dry-run", "--gpu", "H200"]
+    argv = cmd[cmd.index("sglang_mixkv.serve") + 1:] + ["--dry-run", "--gpu", gpu]
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     err = io.StringIO()
@@ -322,10 +339,13 @@ def dry_serve(cmd: list[str], env: dict) -> str:
 
 # ---- report -------------------------------------------------------------------------------
 def report(rec: dict) -> str:
-    lines = [f"# GPU check on {rec['gpu']}", "", *provenance_lines(rec["meta"]), ""]
+    title = (f"# GPU check, rehearsed on this machine (roofline: {rec['gpu']})"
+             if rec.get("rehearsal") else f"# GPU check on {rec['gpu']}")
+    lines = [title, "", *provenance_lines(rec["meta"]), ""]
     steps = rec["steps"]
     lines += ["| step | ok | wall s | limit s |", "| --- | --- | --- | --- |"]
-    lines += [f"| {s['step']} | {s.get('ok')} | {s.get('wall_s')} | {s['limit_s']} |" for s in steps]
+    lines += [f"| {s['step']} | {s.get('ok', 'skipped')} | {s.get('wall_s', '-')} | "
+              f"{s.get('limit_s', '-')} |" for s in steps]
     tiny = [s["result"] for s in steps if s["step"].startswith("correctness") and "result" in s
             and "cases" in s["result"]]
     if tiny:
@@ -371,6 +391,11 @@ def report(rec: dict) -> str:
     failed = [s for s in steps if s.get("ok") is False]
     if failed:
         lines += ["", "## Failed steps", ""] + [f"- {s['step']}: {s['error'][:600]}" for s in failed]
+    skipped = [s for s in steps if "skipped" in s]
+    if skipped:
+        rest = ",".join(dict.fromkeys(s["part"] for s in skipped))
+        lines += ["", f"## Skipped steps (the deadline; run them with PART={rest})", ""]
+        lines += [f"- {s['step']}: {s['skipped']}" for s in skipped]
     return "\n".join(lines) + "\n"
 
 
@@ -379,7 +404,11 @@ def main(argv=None) -> int:
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--part", default="all", help=f"all, or comma-separated: {', '.join(PARTS)}")
     ap.add_argument("--out", type=Path, default=Path("results/gpu-check"))
-    ap.add_argument("--gpu", default="H200", help="the GPU's name, for the report")
+    ap.add_argument("--gpu", help="the GPU the roofline bounds (H100, H200, A100; default: "
+                    "found from GPU 0's name, H200 for --dry-run and --rehearse)")
+    ap.add_argument("--deadline-s", type=float,
+                    help="seconds for all the steps: each step's limit is cut to what is left, "
+                    "and a step with less than its minimum left is skipped (exit 2)")
     ap.add_argument("--dry-run", action="store_true", help="print every command, run none")
     ap.add_argument("--rehearse", action="store_true",
                     help="run every part on this machine at the tiny size (CPU: torch_native)")
@@ -388,24 +417,62 @@ def main(argv=None) -> int:
     unknown = set(parts) - set(PARTS)
     if unknown:
         ap.error(f"unknown part(s) {', '.join(sorted(unknown))}; parts: {', '.join(PARTS)}")
-    check = Check(a.out, a.gpu, REHEARSAL if a.rehearse else GPU, a.dry_run)
+    scale = REHEARSAL if a.rehearse else GPU
+    try:
+        gpu = which_gpu(a.gpu, probe=scale is GPU and not a.dry_run)
+    except ValueError as e:
+        ap.error(str(e))
+    check = Check(a.out, gpu, scale, a.dry_run)
+    deadline = None if a.deadline_s is None or a.dry_run else time.monotonic() + a.deadline_s
     # an outer `timeout` stops this with SIGTERM: unwind, so the servers (each in its own
     # process session) are stopped and the results so far saved
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    jobs = {"correctness": [(f"correctness {p}", lambda p=p, x=x: correctness(check, p, x))
-                            for p, x in TINY_CASES],
-            "paper": [(f"paper {v}", lambda v=v: paper(check, v)) for v in PAPER_VARIANTS],
-            "peer": [("peer stock-llama", lambda: paper(check, "stock-llama"))],
-            "metadata": [("metadata", lambda: metadata(check))]}
-    slack = 1 if check.scale is GPU and not a.dry_run else 10
-    for part in (p for p in PARTS if p in parts):
-        for name, job in jobs[part]:
-            with check.step(name, LIMITS[part] * slack) as row:
-                row["result"] = job()
-            if a.dry_run:
-                print(json.dumps(row["result"], indent=1))
-    print(report(check.record))
-    return 0 if all(s.get("ok") for s in check.record["steps"]) else 1
+    old = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        jobs = {"correctness": [(f"correctness {p}", lambda p=p, x=x: correctness(check, p, x))
+                                for p, x in TINY_CASES],
+                "paper": [(f"paper {v}", lambda v=v: paper(check, v)) for v in PAPER_VARIANTS],
+                "peer": [("peer stock-llama", lambda: paper(check, "stock-llama"))],
+                "metadata": [("metadata", lambda: metadata(check))]}
+        slack = 1 if check.scale is GPU and not a.dry_run else 10
+        for part in (p for p in PARTS if p in parts):
+            for name, job in jobs[part]:
+                limit = LIMITS[part] * slack
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left < MIN_STEP_S[part]:
+                        check.skip(name, part, left)
+                        continue
+                    limit = min(limit, left)
+                with check.step(name, limit) as row:
+                    row["result"] = job()
+                if a.dry_run:
+                    print(json.dumps(row["result"], indent=1))
+        print(report(check.record))
+        steps = check.record["steps"]
+        if any(s.get("ok") is False for s in steps):
+            return 1
+        return 2 if any("skipped" in s for s in steps) else 0
+    finally:
+        if old is not None:  # None: a handler not set from Python, nothing to restore
+            signal.signal(signal.SIGTERM, old)
+
+
+def which_gpu(given: str | None, probe: bool) -> str:
+    """The roofline's name of the GPU the check is for: ``given`` (checked), else GPU 0's
+    (``probe``: on the GPU host), else H200 (the dry run's and the rehearsal's default)."""
+    if given:
+        roofline.gpu(given)  # ValueError names the known ones
+        return given.strip().upper()
+    if not probe:
+        return "H200"
+    import torch
+
+    name = torch.cuda.get_device_name(0)
+    for key in roofline.GPUS:
+        if key in name.upper():
+            return key
+    raise ValueError(f"GPU 0 is {name!r}, which the roofline does not know: give --gpu "
+                     f"({', '.join(roofline.GPUS)}) to bound it as one of those")
 
 
 if __name__ == "__main__":

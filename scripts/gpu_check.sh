@@ -3,14 +3,22 @@
 # install from a wheel folder made beforehand (scripts/gpu/wheels.sh, where PyPI is
 # reachable), check that SGLang finds our plugin, run the parts, pack the results.
 #
-#   WHEELS=.whl OUT=results/gpu-check PART=all scripts/gpu_check.sh   (make gpu-check)
+#   WHEELS=.whl OUT=results/gpu-check PART=all DEADLINE=570 scripts/gpu_check.sh
+#   (make gpu-check WHEELS=.whl DEADLINE=570: the same)
 #   DRY_RUN=1 scripts/gpu_check.sh     print every command it would run; no GPU needed
 #
-# PART: all, or any of correctness,paper,peer,metadata (comma-separated). One H200 ran
-# all of it in about 8 minutes (README, "GPU check"). MIXKV_COMMIT names the commit the
-# results come from when the copy that runs has no git metadata.
-# Exit: 0 every step passed; 1 a step failed (its error is in OUT/report.md); 3 the
-# install failed; 4 the plugin did not load.
+# PART: all, or any of correctness,paper,metadata,peer (comma-separated), run in that
+# order; the whole is planned at about 11 minutes (the first H200 run's start-up and run
+# times), more than one call of a lent GPU (README, "GPU check").
+# DEADLINE: seconds for the whole script (install and packing included): steps that no
+# longer fit are skipped and named in the report. GPU: H100|H200|A100 for the roofline's
+# bounds (default: GPU 0's name). MIXKV_COMMIT names the commit the results come from
+# when the copy that runs has no git metadata. PACK_TO: a folder to copy the three result
+# files into (a lent GPU's $OUT brings back at most 8 files). REHEARSE=1: the same on a
+# CPU at the tiny size (gpu_check --rehearse; the wheel folder then needs only the
+# project's wheel and tenacity), how a machine without a GPU runs this script end to end.
+# Exit: 0 every step passed; 1 a step failed (its error is in OUT/report.md); 2 none
+# failed but the deadline skipped some; 3 the install failed; 4 the plugin did not load.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -18,7 +26,7 @@ WHEELS=${WHEELS:-.whl}
 OUT=${OUT:-results/gpu-check}
 PART=${PART:-all}
 if [ -n "${DRY_RUN:-}" ]; then
-  exec "$PY" -m mixkv_bench.gpu_check --dry-run --part "$PART" --out "$OUT"
+  exec "$PY" -m mixkv_bench.gpu_check --dry-run --part "$PART" --out "$OUT" ${GPU:+--gpu "$GPU"}
 fi
 SITE=${SITE:-/tmp/mixkv-site}
 t0=$(date +%s)
@@ -36,13 +44,21 @@ eps[0].load()()
 import sglang, torch
 
 print("gpu-check: plugin loaded; sglang", sglang.__version__, "torch", torch.__version__,
-      torch.cuda.get_device_name(0))
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "(no GPU)")
 PLUGIN
-"$PY" -m mixkv_bench.gpu_check --part "$PART" --out "$OUT"
+deadline=()
+if [ -n "${DEADLINE:-}" ]; then  # what is left, less 20 s to pack the results
+  deadline=(--deadline-s $(( DEADLINE - ($(date +%s) - t0) - 20 )))
+fi
+"$PY" -m mixkv_bench.gpu_check --part "$PART" --out "$OUT" ${GPU:+--gpu "$GPU"} "${deadline[@]}" \
+  ${REHEARSE:+--rehearse}
 rc=$?
 # What comes back from such a host: a few files. check.json and report.md stay as they
 # are; everything else (server logs, harness runs) goes into one archive.
 tar -czf "$OUT/logs.tar.gz" -C "$OUT" --exclude=models --exclude=logs.tar.gz \
   --exclude=check.json --exclude=report.md . 2>/dev/null
+if [ -n "${PACK_TO:-}" ]; then
+  mkdir -p "$PACK_TO" && cp "$OUT/check.json" "$OUT/report.md" "$OUT/logs.tar.gz" "$PACK_TO"/
+fi
 echo "gpu-check: done in $(( $(date +%s) - t0 )) s, exit $rc"
 exit $rc

@@ -26,7 +26,7 @@ echo "== the project's extras: tenacity, and the project's own wheel"
     -d "$OUT" tenacity==9.2.1
 build=$(mktemp -d)
 trap 'rm -rf "$build"' EXIT
-"$PY" -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation -w "$build" "$REPO"
+"$PY" -m pip wheel -q --disable-pip-version-check --no-deps -w "$build" "$REPO"
 cp "$build"/sglang_mixkv-*.whl "$OUT"/
 total=$(find "$OUT" -maxdepth 1 -name '*.whl' -printf '%s\n' | awk '{s+=$1} END {print s+0}')
 echo "TOTAL: $(ls "$OUT"/*.whl | wc -l) wheels, $((total / 1048576)) MiB (limit $LIMIT_MIB MiB)"

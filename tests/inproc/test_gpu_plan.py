@@ -118,3 +118,50 @@ def test_gpu_check_dry_run_prints_every_command(tmp_path):
     assert "--disable-cuda-graph " not in out  # decode graphs everywhere, Ada-KV included
     assert "paper-llama --load-format dummy" in out  # the stock peer
     assert "harness run" in out and "adakv_decode_metadata.py" in out
+
+
+def test_gpu_check_bounds_the_gpu_it_runs_on_and_keeps_to_its_deadline(tmp_path, monkeypatch):
+    """A lent GPU may be an H100 or an H200: the roofline and ``serve``'s plan follow the
+    GPU named (or found); ``--deadline-s`` skips what no longer fits, names it, exits 2."""
+    from mixkv_bench import gpu_check
+
+    assert gpu_check.which_gpu("h100", probe=False) == "H100"
+    assert gpu_check.which_gpu(None, probe=False) == "H200"
+    with pytest.raises(ValueError, match="unknown GPU"):
+        gpu_check.which_gpu("T4", probe=False)
+    monkeypatch.setenv("MIXKV_MODELS", str(tmp_path))
+    check = gpu_check.Check(tmp_path / "gc", "H100", dry=True)
+    assert gpu_check.bound_of(check, "standard")["step_ms_1"] > gpu_check.bound_of(
+        gpu_check.Check(tmp_path / "gc2", "H200", dry=True), "standard")["step_ms_1"]
+    assert "pools: NVIDIA H100 80GB HBM3" in gpu_check.correctness(check, "ma-offset", [])["command"]
+    # no time left for the peer: skipped before its server starts, and the report says how
+    # to run it
+    rc = gpu_check.main(["--rehearse", "--deadline-s", "1", "--part", "peer", "--out",
+                         str(tmp_path / "late")])
+    report = (tmp_path / "late" / "report.md").read_text()
+    assert rc == 2 and "PART=peer" in report and "peer stock-llama: " in report
+
+
+def test_gpu_check_script_end_to_end_on_a_cpu(tmp_path):
+    """``scripts/gpu_check.sh`` as a GPU host runs it (install from a wheel folder with no
+    index, the plugin's entry point, the check under a deadline, the packed files), at the
+    rehearsal's scale: the one path a lent GPU's few minutes must not be the first to run."""
+    import os
+
+    wheels = tmp_path / "whl"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                    "--no-build-isolation", "-w", str(wheels), str(REPO)],
+                   check=True, timeout=300, capture_output=True)
+    env = {**os.environ, "REHEARSE": "1", "PYTHON": sys.executable, "WHEELS": str(wheels),
+           "OUT": str(tmp_path / "gc"), "PACK_TO": str(tmp_path / "back"), "DEADLINE": "75",
+           "PART": "metadata,peer", "SITE": str(tmp_path / "site"), "MIXKV_COMMIT": "c0ffee",
+           "MIXKV_MODELS": str(tmp_path / "models")}
+    r = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=REPO, env=env, text=True,
+                       capture_output=True, timeout=600)
+    out = r.stdout + r.stderr
+    assert r.returncode == 2, out[-3000:]  # the metadata ran; the peer did not fit
+    assert "plugin loaded" in out and "gpu-check: metadata: ok" in out, out[-3000:]
+    assert sorted(p.name for p in (tmp_path / "back").iterdir()) == [
+        "check.json", "logs.tar.gz", "report.md"]
+    report = (tmp_path / "back" / "report.md").read_text()
+    assert "`c0ffee`" in report and "rehearsed" in report and "PART=peer" in report
