@@ -53,6 +53,10 @@ SKIP = [
     (r"^make quality\b", "serves every trained checkpoint for minutes; tests/server/test_train.py "
      "runs its path on a folder trained a few dozen steps"),
     (r"scripts/quality_models(_mixed|_long)?\.sh\b", "trains every checkpoint (hours on 2 cores)"),
+    (r"scripts/gpu/wheels\.sh\b", "downloads and trims SGLang's wheels for a GPU host (55 MiB); "
+     "tests/inproc/test_gpu_plan.py runs scripts/gpu_check.sh end to end from a wheel folder"),
+    (r"^mv (results|/tmp/mixkv-results)\b", "moves the checkout's committed reports aside for "
+     "a lent GPU's call"),
     (r"^hf download\b", "downloads a gated checkpoint (the Gemma license) from Hugging Face"),
     (r"sglang_mixkv\.(gemma|serve)\b.*gemma-[34]-", "needs a downloaded Gemma checkpoint; "
      "tests/server/test_gemma.py serves tiny ones written by transformers"),
