@@ -153,12 +153,14 @@ def test_gpu_check_script_end_to_end_on_a_cpu(tmp_path):
                     "--no-build-isolation", "-w", str(wheels), str(REPO)],
                    check=True, timeout=300, capture_output=True)
     env = {**os.environ, "REHEARSE": "1", "PYTHON": sys.executable, "WHEELS": str(wheels),
-           "OUT": str(tmp_path / "gc"), "PACK_TO": str(tmp_path / "back"), "DEADLINE": "75",
+           "OUT": str(tmp_path / "gc"), "PACK_TO": str(tmp_path / "back"), "DEADLINE": "109",
            "PART": "metadata,peer", "SITE": str(tmp_path / "site"), "MIXKV_COMMIT": "c0ffee",
            "MIXKV_MODELS": str(tmp_path / "models")}
     r = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=REPO, env=env, text=True,
                        capture_output=True, timeout=600)
     out = r.stdout + r.stderr
+    # 109 s less 20 to pack leaves under the peer's 90 s minimum whatever the install took,
+    # and the metadata's 30 s unless install and plugin load took 59 s
     assert r.returncode == 2, out[-3000:]  # the metadata ran; the peer did not fit
     assert "plugin loaded" in out and "gpu-check: metadata: ok" in out, out[-3000:]
     assert sorted(p.name for p in (tmp_path / "back").iterdir()) == [
