@@ -59,6 +59,9 @@ def test_paper_pools_barely_change(tmp_path, monkeypatch):
     assert plan.kv_bytes + plan.after_pool_bytes <= plan.available_bytes
     per_slot = pools.slot_overhead().bytes(plan.global_tokens, plan.local_tokens)
     assert per_slot < 0.005 * plan.kv_bytes
+    # No local layers: the local pool SGLang's hybrid allocator still needs holds index
+    # slots only, and the plan says so rather than offer them as tokens of KV.
+    assert "index slots, no KV" in plan.describe()
 
 
 @pytest.mark.parametrize("sms, context, splits", [

@@ -320,13 +320,16 @@ class PoolPlan:
     local_tokens: int
     kv_bytes: int
     after_pool_bytes: int
+    #: the plan has local producers (else the local pool holds index slots, no KV)
+    local_kv: bool = True
 
     def describe(self) -> str:
         gib = 2**30
+        local = f"{self.local_tokens:,}" + ("" if self.local_kv else " index slots, no KV")
         return (f"SGLang's static fraction {self.mem_fraction_static} (reserve "
                 f"{self.reserve_bytes / gib:.2f} GiB); offered {self.available_bytes / gib:.2f} "
                 f"GiB: KV pools {self.kv_bytes / gib:.2f} GiB (global {self.global_tokens:,} "
-                f"tokens, local {self.local_tokens:,}), then {self.after_pool_bytes / gib:.2f} "
+                f"tokens, local {local}), then {self.after_pool_bytes / gib:.2f} "
                 f"GiB of per-slot and graph buffers")
 
 
@@ -381,4 +384,5 @@ def plan_pools(model_dir, flags: list[str], gpu, weight_bytes: int,
     pt = kv_math.bytes_per_token(conf.plan, conf.dims)
     return PoolPlan(sa.mem_fraction_static, reserve, available, g, s,
                     g * pt.global_bytes + s * pt.local_bytes,
-                    slot_overhead().bytes(g, s) + conf.fixed_bytes)
+                    slot_overhead().bytes(g, s) + conf.fixed_bytes,
+                    local_kv=bool(conf.plan.local_producers))
