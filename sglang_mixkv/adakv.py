@@ -57,6 +57,22 @@ class AdaKVError(ValueError):
     """A budget or setting this design cannot hold; the message names the bound."""
 
 
+def check_server(streaming_session: bool, disaggregation_mode: str | None) -> None:
+    """Raise AdaKVError for SGLang features that read a request's KV by its prompt slots
+    after prefill, which compression has freed (``[0, cut)``) and rewritten (the region
+    holds per-head cells): a streaming session's next turn extends its previous turn's
+    slots (``session/streaming_session.py:256`` asserts, and the scheduler exits), and a
+    prefill server sends ``req_to_token[r, :P]`` to its decode server
+    (``disaggregation/prefill.py:1241``)."""
+    if streaming_session:
+        raise AdaKVError("--enable-streaming-session is not supported with Ada-KV: a session's "
+                         "next turn would extend the previous turn's compressed KV as if whole")
+    if disaggregation_mode not in (None, "null"):
+        raise AdaKVError(f"--disaggregation-mode {disaggregation_mode} is not supported with "
+                         "Ada-KV: the prefill server would send compressed KV by its prompt "
+                         "slots, which compression freed and rewrote")
+
+
 @dataclass(frozen=True)
 class AdaKVConfig:
     """``budget``: average kept prompt tokens per KV head per layer, window included;

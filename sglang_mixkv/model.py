@@ -94,14 +94,20 @@ def _checkpoint_heads(config) -> int:
     return getattr(config, "original_num_attention_heads", None) or config.num_attention_heads
 
 
-def _page_size() -> int:
-    """SGLang's ``--page-size`` (1 outside a server)."""
+def _server_args():
+    """SGLang's published server arguments (None outside a server)."""
     try:
         from sglang.srt.server_args import get_global_server_args
 
-        return int(get_global_server_args().page_size or 1)
+        return get_global_server_args()
     except Exception:  # noqa: BLE001 - no server args published (a test building the model)
-        return 1
+        return None
+
+
+def _page_size() -> int:
+    """SGLang's ``--page-size`` (1 outside a server)."""
+    sa = _server_args()
+    return int(getattr(sa, "page_size", None) or 1)
 
 
 def _head_dim(config) -> int:
@@ -248,6 +254,9 @@ class MixAttentionModel(nn.Module):
         self.ada = None
         if cfg is not None:
             cfg.check(plan, getattr(config, "sliding_window", None) if plan.local_producers else None)
+            sa = _server_args()
+            adakv.check_server(bool(getattr(sa, "enable_streaming_session", False)),
+                               getattr(sa, "disaggregation_mode", None))
             adakv_seam.configure(cfg, _page_size())
             self.ada = adakv_seam.ModelHook(cfg, plan)
             for layer in self.layers:

@@ -13,6 +13,7 @@ import os
 
 from sglang_mixkv import plan as plans
 from sglang_mixkv.adakv import CONFIG_KEY as ADAKV_CONFIG_KEY
+from sglang_mixkv.adakv import check_server as adakv_check_server
 from sglang_mixkv.defaults import FAST_PREFILL_CONFIG_KEY
 
 
@@ -183,6 +184,9 @@ def adakv_flags(cfg, flags: list[str], gpu: bool) -> list[str]:
     - ``--enable-mixed-chunk``: a compressed request must never extend again (its prompt
       KV is no longer position-ordered); mixed batches extend and decode together: refused.
     - speculative decoding and DP attention: not built for (refused).
+    - streaming sessions and PD disaggregation read a request's prompt slots after its
+      prefill, which compression freed and rewrote (``adakv.check_server``; the model
+      checks the same at start-up when SGLang is launched without ``serve``): refused.
     - CUDA graphs: decode graphs stay on (``mixkv/triton.py`` rebuilds the per-head lists
       inside the graph from device tables); prefill graphs go off
       (``--disable-prefill-cuda-graph``): scoring stashes the window queries and
@@ -202,6 +206,8 @@ def adakv_flags(cfg, flags: list[str], gpu: bool) -> list[str]:
                       ("--enable-dp-attention", "DP attention is not supported")):
         if flag_given(flags, flag):
             raise ValueError(f"Ada-KV with {flag}: {why}")
+    adakv_check_server(flag_given(flags, "--enable-streaming-session"),
+                       flag_value(flags, "--disaggregation-mode"))
     if gpu:
         prefill = flag_value(flags, "--cuda-graph-backend-prefill")
         if flag_given(flags, "--cuda-graph-config") or prefill not in (None, "disabled"):

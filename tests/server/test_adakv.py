@@ -395,6 +395,11 @@ def test_bad_settings_fail_at_startup_with_the_bound(tmp_path):
             (["--plan", "ma", "--adakv-budget", "64", "--attention-backend", "flashinfer"],
              "torch_native and triton"),
             (["--plan", "ma", "--adakv-budget", "64", "--enable-mixed-chunk"], "never extend"),
+            # SGLang features that reuse a request's prompt slots after compression
+            (["--plan", "ma", "--adakv-budget", "64", "--enable-streaming-session",
+              "--disable-radix-cache"], "--enable-streaming-session is not supported"),
+            (["--plan", "ma", "--adakv-budget", "64", "--disaggregation-mode", "prefill"],
+             "--disaggregation-mode prefill is not supported"),
     ):
         r = serve_dry(*args)
         assert r.returncode == 2 and says in r.stderr, (args, r.stderr)
@@ -426,7 +431,8 @@ LENGTHS = [1, WIN - 1, WIN, WIN + 1, B - 1, B, B + 1, 3 * B, 6 * B]
 FIELDS = ["input_ids", "sampling_params", "sampling_params.max_new_tokens",
           "sampling_params.n", "sampling_params.custom_params",
           "sampling_params.custom_params.adakv_kept", "return_logprob", "logprob_start_len",
-          "top_logprobs_num", "return_hidden_states", "rid", "stream"]
+          "top_logprobs_num", "return_hidden_states", "rid", "stream", "session_params",
+          "session_params.id"]
 GOOD_IDS, GOOD_N = random_prompt(999, 2 * B, SIZE.vocab), 4
 
 
@@ -451,6 +457,9 @@ def adakv_requests(draw):
         body["return_hidden_states"] = True
     junk = draw(st.lists(st.sampled_from(FIELDS), min_size=1, max_size=2, unique=True))
     for field in junk if draw(st.integers(0, 9)) < 3 else []:  # most requests are valid
+        if field == "session_params.id":
+            body["session_params"] = {"id": draw(JSON)}
+            continue
         where, key = (body["sampling_params"], field.split(".", 1)[1]) if field.startswith(
             "sampling_params.") and isinstance(body.get("sampling_params"), dict) else (body, field)
         if "." in key:  # custom_params.adakv_kept
@@ -508,6 +517,10 @@ def good_answer(ma):
     "max_new_tokens": 4, "custom_params": "adakv_kept"}}, None))
 @example(case=({"input_ids": random_prompt(6, 3 * B, SIZE.vocab), "sampling_params": {
     "max_new_tokens": 4, "custom_params": {"adakv_kept": "yes"}}}, ("events", 1)))
+# a session id that is not a string stopped the scheduler (TypeError in SGLang's session
+# lookup, scheduler.py:2394): the body a client sends after a failed /open_session
+@example(case=({"input_ids": random_prompt(7, 3 * B, SIZE.vocab), "sampling_params": {
+    "max_new_tokens": 4}, "session_params": {"id": {"error": {"message": "disabled"}}}}, None))
 def test_fuzzed_requests_never_take_the_adakv_server_down(ma, good_answer, case):
     """Any body (every JSON type at every field, inside ``custom_params`` too; prompts
     around the observation window and the budget; batches mixing compressing and

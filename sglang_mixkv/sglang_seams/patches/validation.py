@@ -20,6 +20,10 @@ SGLang normalizes it, so a bad row of a batch refuses the whole batch):
   ``sampling_params.n`` >= 1 (stock: ``n: 0`` in a batch is a 500);
 - ``sampling_params.custom_params`` is an object (SGLang's type; our Ada-KV hook reads it
   in the scheduler), and its ``adakv_kept`` (ours) a boolean;
+- ``session_params`` is an object of SGLang's ``SessionParams`` fields and types
+  (``managers/io_struct.py:117-140``): the tokenizer builds it without checking them
+  (``tokenizer_manager.py:1345-1347``) and the scheduler uses ``id`` as a dict key
+  (``scheduler.py:2394``), so ``{"id": {}}`` took the server down;
 - a per-prompt list (``sampling_params``, ``return_logprob``, ``logprob_start_len``,
   ``top_logprobs_num``, ``token_ids_logprob``, ``rid``) has one entry per prompt of a
   batch, and a single prompt gets no such list;
@@ -178,6 +182,10 @@ def check_request(obj: Any, vocab: int, names: Mapping[str, str] | None = None) 
             raise InvalidRequest(f"logprob_start_len{idx} = {s!r} must be -1 (no prompt "
                                  f"logprobs) or a position >= 0")
 
+    session = getattr(obj, "session_params", None)
+    if session:
+        _check_session_params(session)
+
     tids = getattr(obj, "token_ids_logprob", None)
     if tids:
         if isinstance(tids, list) and any(r is None or isinstance(r, list) for r in tids):
@@ -191,10 +199,51 @@ def check_request(obj: Any, vocab: int, names: Mapping[str, str] | None = None) 
             _check_ids(tids, "token_ids_logprob", vocab)
 
 
+_schemas: dict[str, Any] = {}
+
+
+def _schema(name: str, struct: type, skip: frozenset = frozenset()):
+    """A strict request schema from one of SGLang's msgspec Structs: its fields and
+    defaults, keyword form, no unknown fields, null allowed where SGLang reads null as
+    the default (every field but ``SamplingParams.n``)."""
+    from typing import Optional
+
+    import msgspec
+
+    if name not in _schemas:
+        fields = [(f.name, f.type if f.name == "n" else Optional[f.type], f.default)
+                  for f in msgspec.structs.fields(struct) if f.name not in skip]
+        _schemas[name] = msgspec.defstruct(name, fields, kw_only=True, forbid_unknown_fields=True)
+    return _schemas[name]
+
+
+def _convert(value: Any, schema: type, where: str, what: str) -> None:
+    """Raise :class:`InvalidRequest` naming the field unless ``value`` fits ``schema``."""
+    import msgspec
+
+    try:
+        msgspec.convert(value, schema)
+    except msgspec.ValidationError as e:
+        text = str(e)
+        m = re.search(r"(.*) - at `\$(.*)`$", text)
+        field, why = (f"{where}{m.group(2)}", m.group(1)) if m else (where, text)
+        if why.startswith("Object contains unknown field"):
+            raise InvalidRequest(f"{where}: {why.split('`')[1]!r} is not {what} of SGLang "
+                                 "0.5.17") from None
+        raise InvalidRequest(f"{field}: {why[0].lower() + why[1:]}") from None
+
+
+def _check_session_params(session: Any) -> None:
+    """``session_params`` against SGLang's ``SessionParams`` (all fields optional)."""
+    from sglang.srt.managers.io_struct import SessionParams
+
+    _convert(session, _schema("SessionParamsRequest", SessionParams), "session_params",
+             "a session parameter")
+
+
 #: ``SamplingParams`` fields SGLang fills itself (``sampling/sampling_params.py:86-91``)
 _INTERNAL_SAMPLING = {"stop_strs", "stop_regex_strs", "stop_str_max_len", "stop_regex_max_len",
                       "is_normalized"}
-_sampling_schema = None
 
 
 def _check_sampling_types(sp: dict, where: str) -> None:
@@ -203,29 +252,10 @@ def _check_sampling_types(sp: dict, where: str) -> None:
     default (its ``__post_init__``): a field SGLang does not know, or a value of another
     type, is a 400 naming it. Stock 0.5.17 raised TypeError for both (a 500), and a
     ``custom_params`` value nested deeper than its type says would reach the scheduler."""
-    import msgspec
+    from sglang.srt.sampling.sampling_params import SamplingParams
 
-    global _sampling_schema
-    if _sampling_schema is None:
-        from typing import Optional
-
-        from sglang.srt.sampling.sampling_params import SamplingParams
-
-        fields = [(f.name, f.type if f.name == "n" else Optional[f.type], f.default)
-                  for f in msgspec.structs.fields(SamplingParams)
-                  if f.name not in _INTERNAL_SAMPLING]
-        _sampling_schema = msgspec.defstruct("SamplingParamsRequest", fields, kw_only=True,
-                                             forbid_unknown_fields=True)
-    try:
-        msgspec.convert(sp, _sampling_schema)
-    except msgspec.ValidationError as e:
-        text = str(e)
-        m = re.search(r"(.*) - at `\$(.*)`$", text)
-        field, why = (f"{where}{m.group(2)}", m.group(1)) if m else (where, text)
-        if why.startswith("Object contains unknown field"):
-            raise InvalidRequest(f"{where}: {why.split('`')[1]!r} is not a sampling parameter "
-                                 "of SGLang 0.5.17") from None
-        raise InvalidRequest(f"{field}: {why[0].lower() + why[1:]}") from None
+    _convert(sp, _schema("SamplingParamsRequest", SamplingParams, frozenset(_INTERNAL_SAMPLING)),
+             where, "a sampling parameter")
 
 
 def _vocab(tokenizer_manager: Any) -> int:
