@@ -25,15 +25,20 @@ USER, ADMIN_H = {"Authorization": f"Bearer {KEY}"}, {"Authorization": f"Bearer {
 
 def admin_routes() -> list[tuple[str, str, bool]]:
     """(method, path, takes a body) of every route SGLang 0.5.17 marks ADMIN_OPTIONAL,
-    read from its FastAPI app. 39 handlers carry the mark (``entrypoints/http_server.py``);
-    ``/dumper/{method}`` is registered only with ``DUMPER_SERVER_PORT=reuse``: 38."""
+    read from its FastAPI app, and the two unmarked ones that change the server
+    (``admin_auth.UNMARKED_ADMIN_ROUTES``). 39 handlers carry the mark
+    (``entrypoints/http_server.py``); ``/dumper/{method}`` is registered only with
+    ``DUMPER_SERVER_PORT=reuse``: 38, and 2 unmarked."""
     from sglang.srt.entrypoints.http_server import app
     from sglang.srt.utils.auth import AuthLevel
+
+    from sglang_mixkv.sglang_seams.patches.admin_auth import UNMARKED_ADMIN_ROUTES
 
     out = []
     for r in app.routes:
         ep = getattr(r, "endpoint", None)
-        if getattr(ep, "_auth_level", None) == AuthLevel.ADMIN_OPTIONAL:
+        if (getattr(ep, "_auth_level", None) == AuthLevel.ADMIN_OPTIONAL
+                or getattr(r, "path", None) in UNMARKED_ADMIN_ROUTES):
             params = inspect.signature(ep).parameters
             method = "POST" if "POST" in r.methods else sorted(r.methods)[0]
             out.append((method, r.path, "obj" in params or "request" in params))
@@ -61,7 +66,7 @@ def serves(s) -> bool:
 
 def test_every_admin_route_answers_the_admin_key_only(server):
     routes = admin_routes()
-    assert len(routes) == 38
+    assert len(routes) == 40
     matrix = {}
     for method, path, body in routes:
         row = []

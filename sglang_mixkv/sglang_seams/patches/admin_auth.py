@@ -14,6 +14,12 @@ does (401 with a wrong or missing key, 403 when no admin key is configured). A s
 with no key at all keeps SGLang's behaviour (everything open), which ``serve`` allows on
 loopback addresses only.
 
+Two routes that change the server carry no mark at all, so SGLang's middleware opens them
+to any key (``NORMAL``): ``/load_lora_adapter_from_tensors`` (``http_server.py:1530``;
+its siblings ``/load_lora_adapter`` and ``/unload_lora_adapter`` are marked) and
+``/set_trace_level`` (``:1159``, the process's trace level). :data:`UNMARKED_ADMIN_ROUTES`
+treats them as admin routes too.
+
 **Keys out of argv.** SGLang reads ``--api-key`` / ``--admin-api-key`` from its command
 line, where every process listing shows them. ``serve`` passes them in the environment
 (``MIXKV_API_KEY``, ``MIXKV_ADMIN_API_KEY``) instead, and the BEFORE hook
@@ -44,14 +50,19 @@ ARGS_REPR = "sglang.srt.server_args.ServerArgs.__repr__"
 SERVER_INFO_JSON = "sglang.srt.entrypoints.http_server.msgspec_to_builtins"
 
 
+#: Routes that reconfigure the server but carry no ``auth_level`` mark in SGLang 0.5.17.
+UNMARKED_ADMIN_ROUTES = ("/load_lora_adapter_from_tensors", "/set_trace_level")
+
+
 def admin_routes_need_the_admin_key(original: Callable, *args: Any, **kwargs: Any):
     """AROUND ``decide_request_auth(*, method, path, authorization_header, api_key,
-    admin_api_key, auth_level)``: ADMIN_OPTIONAL becomes ADMIN_FORCE on a server with a
-    key."""
+    admin_api_key, auth_level)``: ADMIN_OPTIONAL, and the unmarked admin routes, become
+    ADMIN_FORCE on a server with a key."""
     from sglang.srt.utils.auth import AuthLevel
 
-    if (kwargs.get("auth_level") == AuthLevel.ADMIN_OPTIONAL
-            and (kwargs.get("api_key") or kwargs.get("admin_api_key"))):
+    admin = (kwargs.get("auth_level") == AuthLevel.ADMIN_OPTIONAL
+             or kwargs.get("path") in UNMARKED_ADMIN_ROUTES)
+    if admin and (kwargs.get("api_key") or kwargs.get("admin_api_key")):
         kwargs["auth_level"] = AuthLevel.ADMIN_FORCE
     return original(*args, **kwargs)
 
