@@ -158,6 +158,7 @@ def build_command(args: argparse.Namespace, sglang_flags: list[str]) -> tuple[li
     flags = launch.adakv_flags(ada, flags, gpu)
     if not gpu:
         env.update(launch.cpu_tp_env(flags))
+        env.update(launch.cpu_paged_env(flags))
     if not gpu and "OMP_NUM_THREADS" not in os.environ:
         # One intra-op thread: with two, any other busy process (the harness, a test)
         # stalls every parallel region of the forward pass (measured: ~19x slower).

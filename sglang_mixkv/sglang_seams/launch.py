@@ -173,6 +173,18 @@ def cpu_tp_env(flags: list[str]) -> dict[str, str]:
         f"{g[0]}-{g[-1]}" if len(g) > 1 else str(g[0]) for g in groups)}
 
 
+def cpu_paged_env(flags: list[str]) -> dict[str, str]:
+    """``--page-size N`` > 1 on a CPU: SGLang 0.5.17's paged allocator allocates with
+    Triton kernels (``mem_cache/allocator/paged.py:197``, ``alloc_extend``), which find no
+    driver without a GPU, and the first prefill (SGLang's own warm-up) stops the server.
+    Triton's interpreter (``TRITON_INTERPRET=1``) runs them on the host: exact (the
+    outputs of a page-16 server equal a page-1 server's), slower to allocate."""
+    page = int(flag_value(flags, "--page-size") or 1)
+    if page <= 1 or "TRITON_INTERPRET" in os.environ:
+        return {}
+    return {"TRITON_INTERPRET": "1"}
+
+
 def adakv_flags(cfg, flags: list[str], gpu: bool) -> list[str]:
     """``flags`` with Ada-KV's settings (``mixkv_adakv`` in the model's config, through
     ``--json-model-override-args``) and its conditions; ValueError for a combination it

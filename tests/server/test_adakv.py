@@ -5,9 +5,9 @@ the server's kept sets injected into the reference (so near-ties cannot flip the
 Main server: tiny ``ma`` (window W = 32), budget B = 48 with a different observation
 window w = 8 (the two windows cannot be confused), 32-token chunks, the radix cache on,
 SGLang's strict per-step pool check. Others: ``cla2`` with alpha = 1 (SnapKV's uniform
-budget) and ``readers`` scoring, ``cla2`` with the seeded random baseline; ``standard``
-with one KV head (MQA) and ``ma`` with both
-pools small, each forcing retractions.
+budget), ``readers`` scoring and 16-token pages, ``cla2`` with the seeded random
+baseline; ``standard`` with one KV head (MQA) and ``ma`` with both pools small, each
+forcing retractions.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from tests.helpers.serving import Pipeline, Prestarted
 pytestmark = pytest.mark.server
 SIZE = SIZES["tiny"]
 B, WIN, CHUNK = 48, 8, 32
+PAGE = 16  # the "uniform" server's KV page (SGLang's paged allocator, in Triton's interpreter)
 CFG = AdaBudget(budget=B, window=WIN)
 LOGPROB_TOL = 2e-3  # float32 on both sides, as tests/server/test_serving.py
 
@@ -58,7 +59,7 @@ SERVERS = {
     "ma": ("ma", ["--adakv-budget", str(B), "--adakv-window", str(WIN),
                   "--enable-return-hidden-states"], None, STRICT_MEM_CHECK),  # the fuzz asks for them
     "uniform": ("cla2", ["--adakv-budget", "40", "--adakv-window", "4", "--adakv-alpha", "1",
-                         "--adakv-scoring", "readers"], None, None),
+                         "--adakv-scoring", "readers", "--page-size", str(PAGE)], None, None),
     "random": ("cla2", ["--adakv-budget", "40", "--adakv-window", "4", "--adakv-rule", "random",
                         "--adakv-seed", "3"], None, None),
     "mqa": ("standard", ["--adakv-budget", "32", "--adakv-window", "8", "--max-total-tokens",
@@ -306,7 +307,9 @@ def test_a_baseline_rule_keeps_the_references_choice(random_rule):
 @pytest.fixture(scope="module")
 def uniform(servers):
     """cla2 (6 global producers, each read by one consumer) with 2 KV heads, alpha = 1
-    (SnapKV's uniform budget) and readers scoring (producer and consumer queries)."""
+    (SnapKV's uniform budget) and readers scoring (producer and consumer queries), with
+    KV pages of 16 tokens (``serve`` runs SGLang's paged allocator in Triton's
+    interpreter on a CPU)."""
     server, ref, debug = serve_fixture(servers, "uniform")
     yield server, ref, debug
     server.stop()
@@ -323,6 +326,11 @@ def test_alpha_one_gives_every_head_the_same_budget_with_readers_scoring(uniform
     # and readers scoring is not producer scoring: some head keeps something else
     producer = ref.adakv_kept(ids, AdaBudget(budget=40, window=4, alpha=1.0))
     assert producer != kept
+    # paged: the kept region starts on a page (page 1 would cut at P - B - 1 = 89)
+    out = server.generate(ids, 2, rid="uniform-paged", logprob_start_len=-1, sampling_params={
+        "max_new_tokens": 2, "temperature": 0, "ignore_eos": True,
+        "custom_params": {"adakv_kept": True}})
+    assert [info["cut"] for info in out["meta_info"]["adakv"]] == [(130 - 40 - 1) // PAGE * PAGE]
 
 
 @pytest.fixture(scope="module")
