@@ -23,7 +23,7 @@ import torch
 
 from sglang_mixkv import device
 from sglang_mixkv.plan import PRESET_NAMES, resolve
-from sglang_mixkv.sglang_seams.launch import cpu_tp_env, flashinfer_env
+from sglang_mixkv.sglang_seams.launch import cpu_paged_env, cpu_tp_env, flashinfer_env
 from sglang_mixkv.model_folder import SIZES, write_model_folder
 from tests.helpers.serving import REPO
 
@@ -157,6 +157,16 @@ def test_cpu_tp_binds_each_rank_to_its_cores(monkeypatch):
     assert cpu_tp_env([]) == {}
     with pytest.raises(ValueError, match="needs at least 8 cores"):
         cpu_tp_env(["--tp-size=8"])
+
+
+def test_cpu_pages_run_the_paged_allocator_in_tritons_interpreter(monkeypatch):
+    """SGLang's paged allocator is Triton kernels: on a CPU they need the interpreter
+    (tests/server/test_adakv.py serves 16-token pages this way against the reference)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert cpu_paged_env(["--page-size", "16"]) == {"TRITON_INTERPRET": "1"}
+    assert cpu_paged_env(["--page-size=1"]) == cpu_paged_env([]) == {}
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the user's own setting stands
+    assert cpu_paged_env(["--page-size", "16"]) == {}
 
 
 # ---- CUDA graphs: a consumer runs its producer's RadixAttention ----------------------------
