@@ -262,9 +262,18 @@ class MixAttentionModel(nn.Module):
             for layer in self.layers:
                 layer.self_attn.ada = self.ada
 
+    def _embed(self, input_ids, input_embeds):
+        """The first layer's input: the token embeddings, or a request's own
+        ``input_embeds`` in the model's dtype (SGLang 0.5.17 hands them over as bfloat16
+        whatever the model's dtype, ``model_executor/model_runner.py:1344``: a float32
+        model's first projection raised on them, in the scheduler)."""
+        if input_embeds is None:
+            return self.embed_tokens(input_ids)
+        return input_embeds.to(self.embed_tokens.weight.dtype)
+
     def forward(self, input_ids, positions, forward_batch, input_embeds=None):
         """Every layer on every row; the final-norm hidden states [tokens, hidden]."""
-        hidden = self.embed_tokens(input_ids) if input_embeds is None else input_embeds
+        hidden = self._embed(input_ids, input_embeds)
         kv: ProducerKV = {}  # lives for this forward pass only
         hidden, residual = self._run(self.layers, positions, hidden, None, forward_batch, kv)
         hidden, _ = self.norm(hidden, residual)
@@ -281,7 +290,7 @@ class MixAttentionModel(nn.Module):
         those rows (:func:`fast_prefill.attending_with` plans the backend for it).
         Returns [tokens, hidden] with the final norm applied at ``rows`` and zeros
         elsewhere."""
-        hidden = self.embed_tokens(input_ids) if input_embeds is None else input_embeds
+        hidden = self._embed(input_ids, input_embeds)
         kv: ProducerKV = {}
         t = self.tail_start
         hidden, residual = self._run(self.layers[:t], positions, hidden, None, forward_batch, kv)

@@ -78,6 +78,29 @@ def test_refuses_naming_field_and_bound(kw, words):
     assert e.value.status_code == 400 and isinstance(e.value, ValueError)
 
 
+H = 8  # a hidden size
+
+
+@pytest.mark.parametrize("embeds,words", [
+    ([[0.1] * 3] * 2, ["input_embeds must be rows of 8 numbers"]),  # the wrong width
+    ([[0.1] * H, [0.1] * 3], ["input_embeds must be rows of 8"]),  # ragged
+    ([[[0.1] * H] * 2, [[0.1] * 4]], ["input_embeds[1] must be rows of 8"]),  # a batch row
+    ([[[0.1] * H], []], ["input_embeds[1] is empty"]),
+    ([[float("inf")] + [0.1] * (H - 1)], ["input_embeds holds a value that is not a finite"]),
+    ([[float("nan")] * H], ["not a finite number"]),
+    ([], ["non-empty list"]),
+])
+def test_embeddings_of_the_wrong_width_are_refused(embeds, words):
+    """Rows of another width than the model's hidden size raised in the forward pass, in
+    the scheduler, and the server exited (found by hand on an Ada-KV server)."""
+    with pytest.raises(v.InvalidRequest) as e:
+        v.check_request(gen(input_embeds=embeds), V, hidden=H)
+    assert all(w in str(e.value) for w in words), str(e.value)
+    v.check_request(gen(input_embeds=[[0.1] * H] * 3), V, hidden=H)
+    v.check_request(gen(input_embeds=[[[0.1] * H] * 3, [[-2.0] * H]]), V, hidden=H)
+    v.check_request(gen(input_ids=[5], input_embeds=[[0.1] * 3]), V, hidden=H)  # ids win
+
+
 def test_completions_names_the_openai_fields():
     with pytest.raises(v.InvalidRequest, match=r"prompt\[1\] = 512"):
         v.check_request(gen(input_ids=[5, V]), V, v.COMPLETION_NAMES)

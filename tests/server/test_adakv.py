@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import aiohttp
 import pytest
 import requests
+import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -61,7 +62,7 @@ SERVERS = {
     "uniform": ("cla2", ["--adakv-budget", "40", "--adakv-window", "4", "--adakv-alpha", "1",
                          "--adakv-scoring", "readers", "--page-size", str(PAGE)], None, None),
     "random": ("cla2", ["--adakv-budget", "40", "--adakv-window", "4", "--adakv-rule", "random",
-                        "--adakv-seed", "3"], None, None),
+                        "--adakv-seed", "3", "--disable-radix-cache"], None, None),  # input_embeds
     "mqa": ("standard", ["--adakv-budget", "32", "--adakv-window", "8", "--max-total-tokens",
                          "400"], 1, {**STRICT_MEM_CHECK, **TIGHT_ADMISSION}),
     "ma_tight": ("ma", ["--adakv-budget", "40", "--adakv-window", "8", "--max-total-tokens",
@@ -285,7 +286,8 @@ def test_aborts_mid_prefill_and_mid_decode_leave_the_pool_empty(ma):
 @pytest.fixture(scope="module")
 def random_rule(servers):
     """cla2 (2 KV heads) with the seeded random baseline: a selection rule of the same
-    code path (the same budget accounting, compaction, freeing and attention)."""
+    code path (the same budget accounting, compaction, freeing and attention); without
+    the radix cache, which SGLang requires for ``input_embeds``."""
     server, ref, debug = serve_fixture(servers, "random")
     yield server, ref, debug
     server.stop()
@@ -302,6 +304,26 @@ def test_a_baseline_rule_keeps_the_references_choice(random_rule):
     assert {len(h) for h in heads} == {40} and len({tuple(h) for h in heads}) == len(heads)
     rules = {json.loads(line)["rule"] for line in debug.read_text().splitlines()}
     assert rules == {"random"}
+
+
+def test_input_embeds_are_served_as_the_tokens_they_embed(random_rule):
+    """A prompt given as its embedding rows answers as its token ids do: SGLang hands the
+    rows over as bfloat16 (our float32 model raised on them, in the scheduler, and the
+    server exited), and rows of the wrong width are a 400, not a crash."""
+    server, ref, _ = random_rule
+    ids = random_prompt(73, 30, SIZE.vocab)  # below the budget: no selection to differ
+    table = ref.w["model.embed_tokens.weight"]
+    rows = table[ids].to(torch.bfloat16).float().tolist()
+    want = ref.generate(ids, 6).tokens
+    assert generate(server, ids, 6, "by-ids")["output_ids"] == want
+    out = server.post("/generate", {"input_embeds": rows, "sampling_params": {
+        "max_new_tokens": 6, "temperature": 0, "ignore_eos": True}})
+    assert out.status_code == 200, out.text
+    assert out.json()["output_ids"] == want
+    bad = server.post("/generate", {"input_embeds": [r[:8] for r in rows],
+                                    "sampling_params": {"max_new_tokens": 2}})
+    assert bad.status_code == 400 and "hidden size" in bad.text
+    assert server.alive()
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,10 @@ SGLang normalizes it, so a bad row of a batch refuses the whole batch):
   ``sampling_params.n`` >= 1 (stock: ``n: 0`` in a batch is a 500);
 - ``sampling_params.custom_params`` is an object (SGLang's type; our Ada-KV hook reads it
   in the scheduler), and its ``adakv_kept`` (ours) a boolean;
+- ``input_embeds`` (when neither ``text`` nor ``input_ids`` is given, which SGLang
+  prefers) is one prompt or a batch of prompts, each a non-empty list of rows of exactly
+  the model's hidden size of finite numbers: SGLang hands them to the model unchecked, and
+  rows of another width raised in the forward pass, in the scheduler (the server exited);
 - ``session_params`` is an object of SGLang's ``SessionParams`` fields and types
   (``managers/io_struct.py:117-140``): the tokenizer builds it without checking them
   (``tokenizer_manager.py:1345-1347``) and the scheduler uses ``id`` as a dict key
@@ -121,10 +125,12 @@ def _batch_size(obj: Any) -> int | None:
     return None
 
 
-def check_request(obj: Any, vocab: int, names: Mapping[str, str] | None = None) -> None:
+def check_request(obj: Any, vocab: int, names: Mapping[str, str] | None = None,
+                  hidden: int | None = None) -> None:
     """Raise :class:`InvalidRequest` unless ``obj`` (a ``GenerateReqInput`` or
     ``EmbeddingReqInput`` as the client sent it) meets the invariants above. ``names``
-    maps internal field names to the ones the client used (``COMPLETION_NAMES``)."""
+    maps internal field names to the ones the client used (``COMPLETION_NAMES``);
+    ``hidden``: the model's hidden size (None: embeddings are not checked)."""
     names = names or {}
     ids_name = names.get("input_ids", "input_ids")
     contains_mm = getattr(obj, "contains_mm_input", None)
@@ -182,6 +188,11 @@ def check_request(obj: Any, vocab: int, names: Mapping[str, str] | None = None) 
             raise InvalidRequest(f"logprob_start_len{idx} = {s!r} must be -1 (no prompt "
                                  f"logprobs) or a position >= 0")
 
+    embeds = getattr(obj, "input_embeds", None)
+    if (embeds is not None and hidden and getattr(obj, "text", None) is None
+            and getattr(obj, "input_ids", None) is None):
+        _check_embeds(embeds, hidden)
+
     session = getattr(obj, "session_params", None)
     if session:
         _check_session_params(session)
@@ -197,6 +208,29 @@ def check_request(obj: Any, vocab: int, names: Mapping[str, str] | None = None) 
                     _check_ids(row, f"token_ids_logprob[{i}]", vocab)
         else:
             _check_ids(tids, "token_ids_logprob", vocab)
+
+
+def _check_embeds(embeds: Any, hidden: int) -> None:
+    """``input_embeds``: one prompt (rows of ``hidden`` finite numbers) or a batch of
+    them (SGLang's rule, ``io_struct.py:431``: a batch when the first row is a list)."""
+    import numpy as np
+
+    if not isinstance(embeds, list) or not embeds or not isinstance(embeds[0], list):
+        raise InvalidRequest("input_embeds must be a non-empty list of embedding rows (or a "
+                             "batch of such lists)")
+    single = not embeds[0] or not isinstance(embeds[0][0], list)
+    for idx, rows in [("", embeds)] if single else [(f"[{i}]", p) for i, p in enumerate(embeds)]:
+        if not isinstance(rows, list) or not rows:
+            raise InvalidRequest(f"input_embeds{idx} is empty: a prompt needs at least one row")
+        try:
+            a = np.asarray(rows, dtype=np.float64)
+        except (TypeError, ValueError):
+            a = None
+        if a is None or a.ndim != 2 or a.shape[1] != hidden:
+            raise InvalidRequest(f"input_embeds{idx} must be rows of {hidden} numbers each (the "
+                                 "model's hidden size)")
+        if not np.isfinite(a).all():
+            raise InvalidRequest(f"input_embeds{idx} holds a value that is not a finite number")
 
 
 _schemas: dict[str, Any] = {}
@@ -262,6 +296,10 @@ def _vocab(tokenizer_manager: Any) -> int:
     return int(tokenizer_manager.model_config.vocab_size)
 
 
+def _hidden(tokenizer_manager: Any) -> int | None:
+    return int(getattr(tokenizer_manager.model_config, "hidden_size", 0) or 0) or None
+
+
 def validate_generate_request(original: Callable, self: Any, obj: Any, *args: Any, **kwargs: Any):
     """AROUND hook on ``TokenizerManager.generate_request`` (an async generator): check
     ``obj``, then hand over to SGLang. The check runs on the first ``__anext__``, where
@@ -271,7 +309,7 @@ def validate_generate_request(original: Callable, self: Any, obj: Any, *args: An
 
     async def gen():
         if getattr(obj, "is_single", None) is None:
-            check_request(obj, _vocab(self))
+            check_request(obj, _vocab(self), hidden=_hidden(self))
         async for out in original(self, obj, *args, **kwargs):
             yield out
 
@@ -301,7 +339,7 @@ def validate_before_stream(self: Any, obj: Any, *args: Any, **kwargs: Any) -> No
     if getattr(obj, "is_single", None) is not None:
         return None
     try:
-        check_request(obj, _vocab(self))
+        check_request(obj, _vocab(self), hidden=_hidden(self))
         copy.deepcopy(obj).normalize_batch_and_arguments()
     except ValueError as e:
         raise HTTPException(status_code=400, detail=str(e)) from None
