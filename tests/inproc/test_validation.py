@@ -101,6 +101,42 @@ def test_embeddings_of_the_wrong_width_are_refused(embeds, words):
     v.check_request(gen(input_ids=[5], input_embeds=[[0.1] * 3]), V, hidden=H)  # ids win
 
 
+def test_logit_processors_that_would_stop_the_scheduler_are_refused():
+    """On a server that runs client code (--enable-custom-logit-processor) the scheduler
+    deserializes and calls it inside a batch's sampling, where a raise stopped the server.
+    Refused here: a string that does not deserialize, and, for a request without
+    custom_params (which the scheduler calls the same way), a processor that raises or
+    returns other than its logits."""
+    from sglang.srt.sampling.custom_logit_processor import (CustomLogitProcessor,
+                                                            DisallowedTokensLogitsProcessor)
+
+    from mixkv_bench.forced import ForcedKeys
+
+    class Shrinks(CustomLogitProcessor):
+        def __call__(self, logits, custom_param_list=None):
+            return logits[:, :3]
+
+    disallow = DisallowedTokensLogitsProcessor.to_str()
+    for kw, words in [
+        (dict(custom_logit_processor="garbage"), ["not a serialized logit processor"]),
+        (dict(custom_logit_processor='{"callable": "zz"}'), ["not a serialized", "ValueError"]),
+        (dict(custom_logit_processor=disallow), ["raised TypeError without custom_params"]),
+        (dict(custom_logit_processor=Shrinks.to_str()), ["must return the logits"]),
+        (dict(input_ids=[[5], [6]], custom_logit_processor=[disallow, disallow],
+              sampling_params=[{"custom_params": {"token_ids": [5]}}, {}]),
+         ["custom_logit_processor[1] raised"]),
+    ]:
+        with pytest.raises(v.InvalidRequest) as e:
+            v.check_request(gen(**{"input_ids": [5, 6], **kw}), V)
+        assert all(w in str(e.value) for w in words), str(e.value)
+    for kw in [dict(custom_logit_processor=disallow, sampling_params={"custom_params": {
+                   "token_ids": [5]}}),
+               dict(custom_logit_processor=ForcedKeys.to_str()),  # the quality harness's
+               dict(custom_logit_processor=ForcedKeys.to_str(),
+                    sampling_params={"custom_params": {"keys": [7]}})]:
+        v.check_request(gen(input_ids=[5, 6], **kw), V)
+
+
 def test_completions_names_the_openai_fields():
     with pytest.raises(v.InvalidRequest, match=r"prompt\[1\] = 512"):
         v.check_request(gen(input_ids=[5, V]), V, v.COMPLETION_NAMES)

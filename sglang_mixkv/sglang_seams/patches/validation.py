@@ -24,6 +24,12 @@ SGLang normalizes it, so a bad row of a batch refuses the whole batch):
   prefers) is one prompt or a batch of prompts, each a non-empty list of rows of exactly
   the model's hidden size of finite numbers: SGLang hands them to the model unchecked, and
   rows of another width raised in the forward pass, in the scheduler (the server exited);
+- ``custom_logit_processor`` (a server started with ``--enable-custom-logit-processor``
+  runs the code a client sends) deserializes to a processor, as the scheduler will
+  (``sampling/custom_logit_processor.py:16-21``, from ``sampling_batch_info.py:165``),
+  and, for a request without ``custom_params``, runs on a row of logits: a string that
+  did not deserialize, or SGLang's own token filter without its parameters, stopped the
+  server;
 - ``session_params`` is an object of SGLang's ``SessionParams`` fields and types
   (``managers/io_struct.py:117-140``): the tokenizer builds it without checking them
   (``tokenizer_manager.py:1345-1347``) and the scheduler uses ``id`` as a dict key
@@ -193,6 +199,14 @@ def check_request(obj: Any, vocab: int, names: Mapping[str, str] | None = None,
             and getattr(obj, "input_ids", None) is None):
         _check_embeds(embeds, hidden)
 
+    processors = getattr(obj, "custom_logit_processor", None)
+    if processors is not None:
+        for i, (idx, text) in enumerate(_each(processors, batch)):
+            sp = params[i] if isinstance(params, list) and i < len(params) else params
+            custom = sp.get("custom_params") if isinstance(sp, dict) else None
+            if text is not None:
+                _check_logit_processor(text, f"custom_logit_processor{idx}", custom, vocab)
+
     session = getattr(obj, "session_params", None)
     if session:
         _check_session_params(session)
@@ -231,6 +245,39 @@ def _check_embeds(embeds: Any, hidden: int) -> None:
                                  "model's hidden size)")
         if not np.isfinite(a).all():
             raise InvalidRequest(f"input_embeds{idx} holds a value that is not a finite number")
+
+
+def _check_logit_processor(text: Any, field: str, custom_params: Any, vocab: int) -> None:
+    """``text`` is what ``CustomLogitProcessor.to_str`` makes (JSON holding the hex of a
+    dill-pickled processor class): deserialized here as the scheduler will. A request
+    without ``custom_params`` reaches the processor exactly as here, with ``[None]``
+    (SGLang adds its ``Req`` as ``__req__`` only to a dict, ``schedule_batch.py:876-880``):
+    the processor is called once on a row of zero logits and must return logits of that
+    shape. In the scheduler it runs inside a batch's sampling (``layers/sampler.py:
+    759-792``), where an exception stopped the server (SGLang's own
+    ``DisallowedTokensLogitsProcessor`` without ``custom_params.token_ids`` did). A
+    processor that fails only on some logits, or only with some ``custom_params``, still
+    reaches the scheduler."""
+    import dill
+    import orjson
+    import torch
+
+    try:
+        processor = dill.loads(bytes.fromhex(orjson.loads(text)["callable"]))()
+    except Exception as e:  # noqa: BLE001 - whatever a client's bytes make fail
+        raise InvalidRequest(f"{field} is not a serialized logit processor (CustomLogitProcessor"
+                             f".to_str()): {type(e).__name__}") from None
+    if custom_params is not None:
+        return
+    logits = torch.zeros(1, vocab)
+    try:
+        out = processor(logits.clone(), [None])
+    except Exception as e:  # noqa: BLE001
+        raise InvalidRequest(f"{field} raised {type(e).__name__} without custom_params: "
+                             f"{e}"[:500]) from None
+    if not isinstance(out, torch.Tensor) or out.shape != logits.shape:
+        raise InvalidRequest(f"{field} must return the logits it is given (a tensor of their "
+                             "shape)")
 
 
 _schemas: dict[str, Any] = {}
