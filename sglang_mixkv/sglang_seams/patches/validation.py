@@ -258,12 +258,11 @@ def _check_logit_processor(text: Any, field: str, custom_params: Any, vocab: int
     ``DisallowedTokensLogitsProcessor`` without ``custom_params.token_ids`` did). A
     processor that fails only on some logits, or only with some ``custom_params``, still
     reaches the scheduler."""
-    import dill
-    import orjson
     import torch
+    from sglang.srt.sampling.custom_logit_processor import CustomLogitProcessor
 
-    try:
-        processor = dill.loads(bytes.fromhex(orjson.loads(text)["callable"]))()
+    try:  # SGLang's own deserializer, cached per string as in the scheduler
+        processor = CustomLogitProcessor.from_str(text)
     except Exception as e:  # noqa: BLE001 - whatever a client's bytes make fail
         raise InvalidRequest(f"{field} is not a serialized logit processor (CustomLogitProcessor"
                              f".to_str()): {type(e).__name__}") from None
@@ -283,16 +282,17 @@ def _check_logit_processor(text: Any, field: str, custom_params: Any, vocab: int
 _schemas: dict[str, Any] = {}
 
 
-def _schema(name: str, struct: type, skip: frozenset = frozenset()):
-    """A strict request schema from one of SGLang's msgspec Structs: its fields and
-    defaults, keyword form, no unknown fields, null allowed where SGLang reads null as
-    the default (every field but ``SamplingParams.n``)."""
+def _schema(name: str, struct: type, skip: frozenset = frozenset(),
+            not_null: frozenset = frozenset()):
+    """A strict request schema from one of SGLang's msgspec Structs: its fields (less
+    ``skip``) and defaults, keyword form, no unknown fields, null allowed where SGLang
+    reads null as the default (every field but those in ``not_null``)."""
     from typing import Optional
 
     import msgspec
 
     if name not in _schemas:
-        fields = [(f.name, f.type if f.name == "n" else Optional[f.type], f.default)
+        fields = [(f.name, f.type if f.name in not_null else Optional[f.type], f.default)
                   for f in msgspec.structs.fields(struct) if f.name not in skip]
         _schemas[name] = msgspec.defstruct(name, fields, kw_only=True, forbid_unknown_fields=True)
     return _schemas[name]
@@ -335,8 +335,8 @@ def _check_sampling_types(sp: dict, where: str) -> None:
     ``custom_params`` value nested deeper than its type says would reach the scheduler."""
     from sglang.srt.sampling.sampling_params import SamplingParams
 
-    _convert(sp, _schema("SamplingParamsRequest", SamplingParams, frozenset(_INTERNAL_SAMPLING)),
-             where, "a sampling parameter")
+    _convert(sp, _schema("SamplingParamsRequest", SamplingParams, frozenset(_INTERNAL_SAMPLING),
+                         not_null=frozenset({"n"})), where, "a sampling parameter")
 
 
 def _vocab(tokenizer_manager: Any) -> int:
