@@ -120,10 +120,21 @@ def config_from_args(a: argparse.Namespace):
         backends=[b.rstrip("/") for b in a.backend])
 
 
-def cmd_run(a: argparse.Namespace) -> int:
-    from harness import report, runner
+#: RunConfig fields whose flag is not ``--field-name``
+RUN_FLAGS = {"rate": "--request-rate", "backends": "--backend"}
 
-    cfg = config_from_args(a)
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from harness import report, runner
+    from harness.errors import flag_message
+
+    try:
+        cfg = config_from_args(a)
+    except ValidationError as e:  # nothing sent, no folder made
+        print(f"error: {flag_message(e, RUN_FLAGS)}", file=sys.stderr)
+        return 2
     code = 0
     try:
         asyncio.run(runner.run(cfg, sys.argv))

@@ -27,19 +27,22 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import aiohttp
+from pydantic import (ConfigDict, Field, FilePath, NonNegativeFloat, NonNegativeInt,
+                      PositiveFloat, PositiveInt)
+from pydantic.dataclasses import dataclass
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 from tqdm import tqdm
 
 from harness import client, sampler, sysinfo
 from sglang_mixkv.defaults import (ADMIN_API_KEY_ENV, API_KEY_ENV, auth_headers, redact_argv,
                                    redact_server_info)
-from harness.workload import (IdRange, Request, TraceError, arrival_offsets, load_trace,
-                              make_requests, trace_requests)
+from harness.workload import (IdRange, Request, arrival_offsets, load_trace, make_requests,
+                              trace_requests)
 
 JSONL = "requests.jsonl"
 
@@ -61,37 +64,42 @@ class _Busy(Exception):
     """``/flush_cache`` answered but did not flush (SGLang refuses while requests run)."""
 
 
-@dataclass
+@dataclass(config=ConfigDict(arbitrary_types_allowed=True))
 class RunConfig:
+    """What one run is. Checked when built (pydantic: a ``ValidationError``, a ValueError,
+    naming the field): counts and lengths positive, a level of at least one request,
+    times positive, a trace file that exists; nothing is sent before that."""
+
     url: str
     out: Path
     label: str = "run"
     api: str = "generate"
     profile: str = "paper"
-    num_prompts: int = 300
-    input_len: int = 31_000
-    output_len: int = 1_000
-    concurrency: list[int] = field(default_factory=lambda: [1, 8, 32, 64, 128, 300])
-    rate: float = math.inf  # requests/s; inf = all due at once
-    warmup: int = 2
+    num_prompts: PositiveInt = 300
+    input_len: PositiveInt = 31_000
+    output_len: PositiveInt = 1_000
+    concurrency: Annotated[list[PositiveInt], Field(min_length=1)] = field(
+        default_factory=lambda: [1, 8, 32, 64, 128, 300])
+    rate: Annotated[float, Field(gt=0)] = math.inf  # requests/s; inf = all due at once
+    warmup: NonNegativeInt = 2
     seed: int = 0
-    timeout: float | None = 7200.0  # per request, seconds
-    vocab_size: int | None = None  # None: ask the server
+    timeout: PositiveFloat | None = 7200.0  # per request, seconds
+    vocab_size: PositiveInt | None = None  # None: ask the server
     id_range: IdRange | None = None  # None: [3, vocab_size)
     model: str = "default"  # OpenAI "model" field
     flush: bool = True
     progress: bool | None = None  # None: only on a terminal
-    wait: float = 0.0  # seconds to wait for the server to come up
-    repeats: int = 1  # runs of every level (run-to-run spread); repeat-major order
+    wait: NonNegativeFloat = 0.0  # seconds to wait for the server to come up
+    repeats: PositiveInt = 1  # runs of every level (run-to-run spread); repeat-major order
     metrics: bool = True  # sample the server's /metrics into timeline.jsonl
-    metrics_interval: float = 1.0  # seconds between samples
+    metrics_interval: PositiveFloat = 1.0  # seconds between samples
     api_key: str | None = field(default=None, repr=False)  # never written to meta.json
     admin_api_key: str | None = field(default=None, repr=False)  # for /flush_cache only
     slo: str | None = None  # "ttft_ms=...,tpot_ms=...,e2e_ms=..." (harness.slo), for the report
-    trace: Path | None = None  # JSON lines of lengths (+ arrival times): replaces the prompts
-    trace_time_unit: float = 1.0  # seconds per trace timestamp unit
-    shared_prefix: tuple[int, int] | None = None  # (groups, prefix tokens)
-    max_context: int | None = None  # None: the model folder's max_position_embeddings
+    trace: FilePath | None = None  # JSON lines of lengths (+ arrival times): replaces the prompts
+    trace_time_unit: PositiveFloat = 1.0  # seconds per trace timestamp unit
+    shared_prefix: tuple[PositiveInt, PositiveInt] | None = None  # (groups, prefix tokens)
+    max_context: PositiveInt | None = None  # None: the server's (/v1/models max_model_len)
     backends: list[str] = field(default_factory=list)  # servers behind a router at url
 
     def to_json(self) -> dict[str, Any]:
@@ -175,6 +183,19 @@ async def model_config(session: aiohttp.ClientSession, url: str) -> dict:
             c = json.loads(cfg.read_text())
             return {**c, **(c.get("text_config") or {})}
     return {}
+
+
+async def server_context(session: aiohttp.ClientSession, url: str) -> int | None:
+    """The most tokens (prompt + output) one request may have: the server's own figure
+    (``/v1/models`` ``max_model_len``: SGLang's context length, ``--context-length``
+    included; vLLM's too), else the model folder's ``max_position_embeddings``; None if
+    neither is known."""
+    if models := await get_json(session, url, "/v1/models"):
+        lens = [m.get("max_model_len") for m in models.get("data", [])]
+        if lens and all(isinstance(n, int) and n > 0 for n in lens):
+            return min(lens)
+    context = (await model_config(session, url)).get("max_position_embeddings")
+    return int(context) if context else None
 
 
 async def discover_vocab(session: aiohttp.ClientSession, url: str) -> int | None:
@@ -288,42 +309,45 @@ def write_meta(cfg: RunConfig, meta: dict) -> None:
 
 
 async def run(cfg: RunConfig, argv: list[str] | None = None) -> Path:
-    """Run the whole sweep into ``cfg.out``; return it. Raises StartupError (nothing sent)
-    or FileExistsError (``cfg.out`` already holds a run)."""
+    """Run the whole sweep into ``cfg.out``; return it. Raises StartupError (nothing sent,
+    no folder made: the server did not answer, the workload cannot run on it) or
+    FileExistsError (``cfg.out`` already holds a run)."""
     if (cfg.out / JSONL).exists():
         raise FileExistsError(f"{cfg.out / JSONL} exists: pick a new --out")
     api = client.make_api(cfg.api, cfg.model)
     async with client.make_session(max(cfg.concurrency + [cfg.warmup]), cfg.api_key) as session:
         answered = await probe(session, cfg.url, cfg.wait)
         await check_auth(session, cfg.url)
-        cfg.out.mkdir(parents=True, exist_ok=True)
         info_url = cfg.backends[0] if cfg.backends else cfg.url  # a router has no /server_info
         server_info = await get_json(session, info_url, "/server_info")
         model_info = await get_json(session, info_url, "/model_info")
-        for name, obj in (("server_info", server_info), ("model_info", model_info)):
-            if obj is not None:
-                (cfg.out / f"{name}.json").write_text(
-                    json.dumps(redact_server_info(obj), indent=2, default=str))
         if cfg.id_range is None:
             vocab = cfg.vocab_size or await discover_vocab(session, cfg.url)
             if vocab is None:
                 raise StartupError(
                     f"cannot discover the vocabulary size from {cfg.url}: pass --vocab-size")
             cfg.vocab_size, cfg.id_range = vocab, IdRange.for_vocab(vocab)
-
-        if cfg.trace is not None:
-            context = cfg.max_context or (await model_config(session, cfg.url)).get(
-                "max_position_embeddings")
-            try:
-                entries = load_trace(cfg.trace, cfg.trace_time_unit, context)
-            except TraceError as e:
-                raise StartupError(str(e)) from None
-            reqs = trace_requests(entries, cfg.seed, cfg.id_range)
-        else:
-            reqs = make_requests(cfg.num_prompts, cfg.input_len, cfg.output_len, cfg.seed,
-                                 cfg.id_range, shared_prefix=cfg.shared_prefix)
+        context = cfg.max_context or await server_context(session, cfg.url)
+        try:
+            if cfg.trace is not None:
+                reqs = trace_requests(load_trace(cfg.trace, cfg.trace_time_unit, context),
+                                      cfg.seed, cfg.id_range)
+            else:
+                if context is not None and cfg.input_len + cfg.output_len > context:
+                    raise StartupError(
+                        f"{cfg.input_len} prompt + {cfg.output_len} output tokens exceed the "
+                        f"server's context of {context}: every request would be refused")
+                reqs = make_requests(cfg.num_prompts, cfg.input_len, cfg.output_len, cfg.seed,
+                                     cfg.id_range, shared_prefix=cfg.shared_prefix)
+        except ValueError as e:  # a TraceError, a shared prefix not shorter than the prompt
+            raise StartupError(str(e)) from None
         warm = make_requests(cfg.warmup, reqs[0].input_len, reqs[0].output_len, cfg.seed,
                              cfg.id_range, warmup=True)
+        cfg.out.mkdir(parents=True, exist_ok=True)  # only once the run can start
+        for name, obj in (("server_info", server_info), ("model_info", model_info)):
+            if obj is not None:
+                (cfg.out / f"{name}.json").write_text(
+                    json.dumps(redact_server_info(obj), indent=2, default=str))
         meta = {"status": "running", "label": cfg.label, "config": cfg.to_json(),
                 "probe": answered, "flush": {}, "levels_done": [], "levels": [],
                 "started_unix": time.time(),

@@ -20,7 +20,7 @@ import re
 from typing import Optional
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, PositiveFloat
+from pydantic import BaseModel, ConfigDict, PositiveFloat, ValidationError
 
 
 class SLO(BaseModel):
@@ -37,8 +37,8 @@ class SLO(BaseModel):
 
 
 def parse(text: str) -> SLO:
-    """``"ttft_ms=500,tpot_ms=50"`` -> SLO; ValueError (pydantic's, naming the field) for
-    an unknown name, a value that is not a positive number, or no objective at all."""
+    """``"ttft_ms=500,tpot_ms=50"`` -> SLO; a ValueError naming the objective for an
+    unknown name, a value that is not a positive number, or no objective at all."""
     pairs = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         m = re.fullmatch(r"([a-z_0-9]+)\s*=\s*(\S+)", part)
@@ -48,7 +48,12 @@ def parse(text: str) -> SLO:
         pairs[m.group(1)] = m.group(2)
     if not pairs:
         raise ValueError("--slo needs at least one of ttft_ms, tpot_ms, e2e_ms")
-    return SLO.model_validate(pairs)
+    try:
+        return SLO.model_validate(pairs)
+    except ValidationError as e:
+        why = "; ".join(f"{'.'.join(map(str, x['loc']))}={x['input']}: {x['msg']}"
+                        for x in e.errors())
+        raise ValueError(f"--slo {text!r}: {why} (names: ttft_ms, tpot_ms, e2e_ms)") from None
 
 
 def good(ok: pd.Series, ttft: pd.Series, tpot: pd.Series, e2e: pd.Series, slo: SLO) -> pd.Series:

@@ -39,6 +39,9 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from harness.errors import flag_message
 from mixkv_bench import REPO, variants
 from mixkv_bench.bench_report import harness_dir, write_report
 from mixkv_bench.bench_roofline import write_roofline
@@ -178,8 +181,6 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
         repeats=a.repeats, kv_heads=a.kv_heads, slo=a.slo, slo_target=a.slo_target,
         dp=a.dp, shared_prefix=a.shared_prefix,
     )
-    if st.dp < 1:
-        raise ValueError(f"--dp {st.dp}: at least one server per variant")
     if st.shared_prefix:
         from harness.workload import parse_shared_prefix
 
@@ -201,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         a, st = parse(argv)
     except (plans.PlanError, variants.VariantError) as e:
         print(f"error: invalid plan: {e}", file=sys.stderr)
+        return 2
+    except ValidationError as e:  # before any server starts
+        print(f"error: {flag_message(e)}", file=sys.stderr)
         return 2
     except ValueError as e:  # e.g. --kv-heads that does not divide the query heads
         print(f"error: {e}", file=sys.stderr)

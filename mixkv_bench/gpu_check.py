@@ -206,7 +206,7 @@ def our_command(check: Check, spec: str, port: int) -> list[str]:
     v = variants.parse(spec)
     if v.adakv_budget:  # the scale's budget (the rehearsal's prompts are short)
         spec = f"{v.plan}@adakv={sc.adakv_budget}"
-    st = Settings([], sc.size, sc.num_prompts, sc.input_len, sc.output_len, [sc.concurrency], 0,
+    st = Settings([spec], sc.size, sc.num_prompts, sc.input_len, sc.output_len, [sc.concurrency], 0,
                   None if sc is GPU else "64MiB", None, sc.concurrency, server_args=list(sc.flags))
     return server_command(spec, st)[0] + ["--port", str(port)]
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
+from typing import Annotated
+
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic.dataclasses import dataclass
 
 from sglang_mixkv.model_folder import ModelSize, get_size, with_kv_heads
 
@@ -15,28 +19,34 @@ DECODE_LOG_INTERVAL = 8  # decode steps between SGLang's /metrics gauge updates
 SERVER_START_S = 1800  # paper size on a GPU: model folder, dummy weights, CUDA graphs
 
 
+Share = Annotated[float, Field(gt=0, le=1)]
+
+
 @dataclass
 class Settings:
-    plans: list[str]
-    size: str
-    num_prompts: int
-    input_len: int
-    output_len: int
-    concurrency: list[int]
-    warmup: int
-    kv_budget: str | None  # None: SGLang profiles the GPU (--mem-fraction-static)
-    mem_fraction: float | None
-    max_running: int | None
-    server_args: list[str] = field(default_factory=list)
-    timeout: float = 7200.0
-    port: int = 0  # 0: a free port for every server (started again on another if taken)
-    repeats: int = 1  # runs of every level (the report shows their spread)
-    kv_heads: int | None = None  # --kv-heads of every server (None: the size's)
-    slo: str | None = None  # latency objectives for goodput (harness.slo), e.g. "ttft_ms=500"
-    slo_target: float = 0.9  # attainment a level must reach to count as meeting the SLO
-    dp: int = 1  # servers per variant; more than one: behind sglang-router (sglang_mixkv.router)
-    shared_prefix: str | None = None  # "GROUPS:TOKENS": prompts share a prefix per group
+    """One run's settings, checked when built (a pydantic ``ValidationError`` naming the
+    field, before any server starts): counts, lengths and levels positive, shares in
+    (0, 1], a port a server can take."""
 
+    plans: Annotated[list[str], Field(min_length=1)]
+    size: str
+    num_prompts: PositiveInt
+    input_len: PositiveInt
+    output_len: PositiveInt
+    concurrency: Annotated[list[PositiveInt], Field(min_length=1)]
+    warmup: NonNegativeInt
+    kv_budget: str | None  # None: SGLang profiles the GPU (--mem-fraction-static)
+    mem_fraction: Share | None
+    max_running: PositiveInt | None
+    server_args: list[str] = field(default_factory=list)
+    timeout: PositiveFloat = 7200.0
+    port: Annotated[int, Field(ge=0, le=65535)] = 0  # 0: a free port for every server
+    repeats: PositiveInt = 1  # runs of every level (the report shows their spread)
+    kv_heads: PositiveInt | None = None  # --kv-heads of every server (None: the size's)
+    slo: str | None = None  # latency objectives for goodput (harness.slo), e.g. "ttft_ms=500"
+    slo_target: Share = 0.9  # attainment a level must reach to count as meeting the SLO
+    dp: PositiveInt = 1  # servers per variant; more than one: behind sglang-router
+    shared_prefix: str | None = None  # "GROUPS:TOKENS": prompts share a prefix per group
 
 def defaults(gpu: bool, capacity_only: bool = False) -> Settings:
     if gpu:

@@ -19,6 +19,7 @@ Speaks enough of SGLang (``/generate`` streaming, ``/flush_cache``, ``/server_in
     --metrics                          serve SGLang-named Prometheus ``/metrics`` (else 404, like
                                        SGLang without --enable-metrics): running = streams in
                                        flight, global pool usage = running / --pool-requests
+    --context N                        ``/v1/models`` says ``max_model_len`` N (default 4096)
 
 ``cached_tokens`` is ``prompt_len - 1`` for a prompt already seen since the last
 ``/flush_cache``, else 0. Run: ``python tests/harness_stub.py --port 0``; it prints
@@ -183,7 +184,8 @@ class Stub:
         return web.json_response({"model_path": self.model_dir, "is_generation": True})
 
     async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"data": [{"id": "stub", "root": self.model_dir}]})
+        return web.json_response({"data": [{"id": "stub", "root": self.model_dir,
+                                             "max_model_len": self.a.context}]})
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -204,6 +206,7 @@ def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--vocab", type=int, default=512)
+    p.add_argument("--context", type=int, default=4096, help="/v1/models max_model_len")
     p.add_argument("--fault", choices=["http500", "drop", "stall", "error"])
     p.add_argument("--fault-every", type=int, default=3)
     p.add_argument("--fault-after", type=int, default=2)

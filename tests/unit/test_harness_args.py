@@ -1,0 +1,59 @@
+"""Bad settings of ``python -m harness run`` and ``make bench`` stop before anything is
+sent or started: exit code 2, one line naming the flag, no run folder (a level of 0
+requests waited forever, 0 prompts divided by zero in the report, a negative rate or a
+missing trace file ended in a traceback)."""
+
+import pytest
+
+from harness import __main__ as harness_cli
+from harness import runner
+from mixkv_bench import bench
+from tests.helpers.harness_fixtures import run_inproc, stub
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--concurrency", "1,0"], "--concurrency item 2 = 0: Input should be greater than 0"),
+    (["--num-prompts", "-3"], "--num-prompts -3: Input should be greater than 0"),
+    (["--output-len", "0"], "--output-len 0: Input should be greater than 0"),
+    (["--request-rate", "-1"], "--request-rate -1.0: Input should be greater than 0"),
+    (["--trace", "no-such.jsonl"], "--trace no-such.jsonl: Path does not point to a file"),
+    (["--timeout", "0"], "--timeout 0.0: Input should be greater than 0"),
+    (["--repeats", "0"], "--repeats 0: Input should be greater than 0"),
+    (["--warmup", "-1"], "--warmup -1: Input should be greater than or equal to 0"),
+    (["--metrics-interval", "0"], "--metrics-interval 0.0: Input should be greater than 0"),
+    (["--shared-prefix", "0:8"], "--shared-prefix item 1 = 0: Input should be greater than 0"),
+])
+def test_harness_refuses_bad_settings(tmp_path, capsys, args, says):
+    out = tmp_path / "run"
+    code = harness_cli.main(["run", "--url", "http://127.0.0.1:9", "--out", str(out), *args])
+    assert code == 2 and capsys.readouterr().err.strip() == f"error: {says}"
+    assert not out.exists()
+
+
+def test_a_workload_longer_than_the_servers_context_is_refused(tmp_path):
+    """The server's own context (``/v1/models`` ``max_model_len``, as SGLang and vLLM say
+    it): prompt + output may fill it (SGLang's rule, ``tokenizer_manager.py:1165-1170``),
+    one token more and every request would be a 400, so nothing is sent."""
+    with stub("--context", "64") as (url, _):
+        with pytest.raises(runner.StartupError, match="60 prompt \\+ 5 output tokens exceed "
+                                                      "the server's context of 64"):
+            run_inproc(url, tmp_path / "long", input_len=60, output_len=5)
+        assert not (tmp_path / "long").exists()
+        run_inproc(url, tmp_path / "fits", input_len=59, output_len=5, num_prompts=2)
+        with pytest.raises(runner.StartupError, match="context of 32"):  # --max-context wins
+            run_inproc(url, tmp_path / "mine", input_len=30, output_len=5, max_context=32)
+    assert (tmp_path / "fits" / "requests.jsonl").read_text().count("\n") == 2
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--concurrency", "0"], "--concurrency item 1 = 0: Input should be greater than 0"),
+    (["--num-prompts", "0"], "--num-prompts 0: Input should be greater than 0"),
+    (["--repeats", "0"], "--repeats 0: Input should be greater than 0"),
+    (["--mem-fraction", "1.5"], "--mem-fraction 1.5: Input should be less than or equal to 1"),
+    (["--dp", "0"], "--dp 0: Input should be greater than 0"),
+])
+def test_bench_refuses_bad_settings(tmp_path, capsys, args, says):
+    out = tmp_path / "bench"
+    assert bench.main(["--plans", "standard", "--out", str(out), *args]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {says}"
+    assert not out.exists()
