@@ -195,6 +195,9 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     size = bench_size(st)
     for spec in st.plans:
         variants.parse(spec).resolve(size.num_layers)  # fail before starting anything
+    if st.input_len + st.output_len > size.max_position and "--context-length" not in st.server_args:
+        raise ValueError(f"{st.input_len} prompt + {st.output_len} output tokens exceed the "
+                         f"'{st.size}' model's context of {size.max_position}")
     return a, st
 
 def main(argv: list[str] | None = None) -> int:

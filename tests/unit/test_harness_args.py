@@ -51,6 +51,8 @@ def test_a_workload_longer_than_the_servers_context_is_refused(tmp_path):
     (["--repeats", "0"], "--repeats 0: Input should be greater than 0"),
     (["--mem-fraction", "1.5"], "--mem-fraction 1.5: Input should be less than or equal to 1"),
     (["--dp", "0"], "--dp 0: Input should be greater than 0"),
+    (["--input-len", "4000", "--output-len", "97"],
+     "4000 prompt + 97 output tokens exceed the 'tiny' model's context of 4096"),
 ])
 def test_bench_refuses_bad_settings(tmp_path, capsys, args, says):
     out = tmp_path / "bench"
