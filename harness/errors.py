@@ -1,12 +1,14 @@
-"""How a settings object's pydantic ``ValidationError`` reads on a command line: one line
-per error, naming the flag the user typed (``--num-prompts -3: Input should be greater
-than 0``) instead of the dataclass field and pydantic's help links."""
+"""How pydantic's checks read on a command line: a settings object's ``ValidationError``
+as one line per error naming the flag the user typed (``--num-prompts -3: Input should
+be greater than 0``) instead of the dataclass field and pydantic's help links, and
+argparse types that validate one flag the same way."""
 
 from __future__ import annotations
 
-from typing import Mapping
+import argparse
+from typing import Annotated, Any, Callable, Mapping
 
-from pydantic import ValidationError
+from pydantic import Field, PositiveInt, TypeAdapter, ValidationError
 
 
 def flag_message(err: ValidationError, flags: Mapping[str, str] | None = None) -> str:
@@ -24,3 +26,27 @@ def flag_message(err: ValidationError, flags: Mapping[str, str] | None = None) -
         place = "".join(f" item {i + 1}" for i in where if isinstance(i, int))
         lines.append(f"{flag}{place}{' =' if place else ''} {value}: {e['msg']}")
     return "\n".join(lines)
+
+
+def arg_type(annotation: Any, name: str) -> Callable[[str], Any]:
+    """An argparse ``type`` that validates with pydantic: ``arg_type(PositiveInt,
+    "positive integer")`` turns ``"0"`` into argparse's ``argument --window: 0 is not a
+    positive integer (Input should be greater than 0)`` (exit code 2)."""
+    adapter = TypeAdapter(annotation)
+
+    def parse(text: str) -> Any:
+        try:
+            return adapter.validate_python(text)
+        except ValidationError as e:
+            raise argparse.ArgumentTypeError(
+                f"{text} is not a {name} ({e.errors()[0]['msg']})") from None
+
+    parse.__name__ = name
+    return parse
+
+
+#: A fraction of something that must not be empty: (0, 1] (a memory fraction, an attainment)
+Share = Annotated[float, Field(gt=0, le=1)]
+
+POSITIVE = arg_type(PositiveInt, "positive integer")
+SHARE = arg_type(Share, "share in (0, 1]")

@@ -15,6 +15,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from harness.errors import POSITIVE, SHARE
 from mixkv_bench import gemma, variants
 from sglang_mixkv import kv_math as cap
 from sglang_mixkv import plan as plans
@@ -35,7 +36,7 @@ def capacity_rows(plan_specs: list[str], size: ModelSize, gpu_mem: int, mem_frac
 
     Raises ValueError when the budget cannot hold the weights, or the local pool for
     ``max_running`` requests leaves no room for the global pool."""
-    window = window or size.window
+    window = size.window if window is None else window
     dims = cap.KVDims.of(size)
     sizing = cap.serve_sizing(size, window)
     if input_len is None:
@@ -93,24 +94,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plans", default="all", help="'all' or comma-separated variants: a preset "
                     "or plan string, optionally @adakv=B (Ada-KV with budget B), e.g. "
                     "standard,ma,ma@adakv=2048")
-    ap.add_argument("--adakv-budget", type=int, help="Ada-KV budget for every plan listed "
+    ap.add_argument("--adakv-budget", type=POSITIVE, help="Ada-KV budget for every plan listed "
                     "without one of its own (PLAN@adakv=B)")
     ap.add_argument("--gpu-mem", default=None, help="GPU memory, e.g. 80GiB (H100; the "
                     "default); for a Gemma model a comma list (default 80GiB,24GiB)")
-    ap.add_argument("--mem-fraction", type=float, default=0.85,
+    ap.add_argument("--mem-fraction", type=SHARE, default=0.85,
                     help="static memory fraction for weights + KV (SGLang's --mem-fraction-static)")
     ap.add_argument("--model", default="paper", choices=list(SIZES) + list(gemma.PUBLISHED),
                     help="our model sizes, or a published Gemma E-series shape: SGLang's "
                     "stock pool beside ours (--plans does not apply)")
-    ap.add_argument("--kv-heads", type=int, default=None,
+    ap.add_argument("--kv-heads", type=POSITIVE, default=None,
                     help="KV heads per layer (1 = MQA, the model's heads = MHA; default: the size's)")
-    ap.add_argument("--window", type=int, default=None)
-    ap.add_argument("--request-tokens", type=int, default=PAPER_REQUEST,
+    ap.add_argument("--window", type=POSITIVE, default=None, help="sliding window in tokens "
+                    "(default: the size's)")
+    ap.add_argument("--request-tokens", type=POSITIVE, default=PAPER_REQUEST,
                     help="tokens per request (default 31K in + 1K out)")
-    ap.add_argument("--input-len", type=int, default=None,
+    ap.add_argument("--input-len", type=POSITIVE, default=None,
                     help="prompt tokens of a request, which Ada-KV compresses (default: "
                     "request tokens minus 1K)")
-    ap.add_argument("--max-running", type=int, default=None,
+    ap.add_argument("--max-running", type=POSITIVE, default=None,
                     help="running requests the local pool is sized for (serve's "
                     "--max-running-requests; default: the formula's request count per plan)")
     ap.add_argument("--json", action="store_true", help="print a JSON list instead of a table")

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import field
 from typing import Annotated
 
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import AfterValidator, Field, NonNegativeInt, PositiveFloat, PositiveInt
 from pydantic.dataclasses import dataclass
 
+from harness.errors import Share
+from sglang_mixkv.defaults import parse_bytes
 from sglang_mixkv.model_folder import ModelSize, get_size, with_kv_heads
 
 GPU_PLANS = ["standard", "swa", "ma", "ma-offset", "ma-endslide", "ma-pairs"]
@@ -19,7 +21,7 @@ DECODE_LOG_INTERVAL = 8  # decode steps between SGLang's /metrics gauge updates
 SERVER_START_S = 1800  # paper size on a GPU: model folder, dummy weights, CUDA graphs
 
 
-Share = Annotated[float, Field(gt=0, le=1)]
+ByteSize = Annotated[str, AfterValidator(lambda text: parse_bytes(text) and text)]  # "64MiB"
 
 
 @dataclass
@@ -35,7 +37,7 @@ class Settings:
     output_len: PositiveInt
     concurrency: Annotated[list[PositiveInt], Field(min_length=1)]
     warmup: NonNegativeInt
-    kv_budget: str | None  # None: SGLang profiles the GPU (--mem-fraction-static)
+    kv_budget: ByteSize | None  # None: SGLang profiles the GPU (--mem-fraction-static)
     mem_fraction: Share | None
     max_running: PositiveInt | None
     server_args: list[str] = field(default_factory=list)

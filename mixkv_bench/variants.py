@@ -44,10 +44,10 @@ def parse(text: str) -> Variant:
         raise VariantError(f"variant {text!r} has no plan (write PLAN or PLAN@adakv=B)")
     budget = None
     for option in filter(None, options.split("@")):
-        m = re.fullmatch(r"adakv=(\d+)", option)
+        m = re.fullmatch(r"adakv=0*([1-9]\d*)", option)
         if not m:
             raise VariantError(f"variant {text!r}: unknown option {option!r} (known: adakv=B, "
-                               "B an integer budget in tokens)")
+                               "B a positive integer budget in tokens)")
         budget = int(m.group(1))
     return Variant(text, plan, budget)
 

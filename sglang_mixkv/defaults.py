@@ -65,11 +65,15 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
 
 
 def parse_bytes(text: str) -> int:
-    """``80GiB``, ``80 GB``, ``1e9`` -> bytes; ValueError names the text."""
+    """``80GiB``, ``80 GB``, ``1e9`` -> bytes (at least one: every size given is memory to
+    hold something); ValueError names the text."""
     m = re.fullmatch(r"\s*([0-9.]+(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
     if not m or m.group(2).upper() not in _UNITS:
         raise ValueError(f"cannot read a byte size from {text!r} (e.g. 80GiB, 80GB, 1e9)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    n = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if n < 1:
+        raise ValueError(f"{text!r} is no memory at all: give a size of at least one byte")
+    return n
 
 
 # ---- keys ----------------------------------------------------------------------------------

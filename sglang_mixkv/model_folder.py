@@ -155,7 +155,7 @@ def hf_config(size: ModelSize, plan: plans.Plan, *, window: int | None = None,
         "mixkv_size": size.name,
     }
     if architecture == ARCHITECTURE:
-        cfg.update(plans.to_config(plan, window or size.window))
+        cfg.update(plans.to_config(plan, size.window if window is None else window))
     elif plan.has_consumers or plan.local_producers:
         raise plans.PlanError(f"{architecture} can only express the 'standard' plan")
     return cfg

@@ -42,10 +42,14 @@ def has_gpu() -> bool:
 
 
 def default_model_dir(size: str, plan_spec: str, seed: int, weights: bool,
-                      kv_heads: int | None = None) -> Path:
+                      kv_heads: int | None = None, window: int | None = None) -> Path:
+    """``models/<size>-<plan>[-kvH][-wW]-<seed or dummy>``: one folder per config, so
+    servers of other shapes never rewrite each other's folder."""
     slug = plan_spec if plan_spec in plans.PRESETS else "plan-" + re.sub(r"[^A-Za-z0-9]", "", plan_spec)
     if kv_heads is not None:
         slug += f"-kv{kv_heads}"
+    if window is not None:
+        slug += f"-w{window}"
     root = Path(os.environ.get(MODELS_ENV, REPO / "models"))
     return root / f"{size}-{slug}-{f'seed{seed}' if weights else 'dummy'}"
 
@@ -119,7 +123,7 @@ def build_command(args: argparse.Namespace, sglang_flags: list[str]) -> tuple[li
         spec = args.plan or "ma"
         plans.resolve(spec, size.num_layers)  # validate before writing anything
         model_dir = Path(args.model_path) if args.model_path else default_model_dir(
-            size.name, spec, args.seed, weights, args.kv_heads)
+            size.name, spec, args.seed, weights, args.kv_heads, args.window)
         write_model_folder(model_dir, size, spec, weights=weights, seed=args.seed,
                            window=args.window)
     cfg = json.loads((model_dir / "config.json").read_text())
@@ -195,7 +199,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--window", type=int, help="sliding window in tokens (default: the size's)")
     ap.add_argument("--kv-heads", type=int, help="KV heads per layer (1 = MQA, the size's "
                     "query heads = MHA; default: the size's)")
-    ap.add_argument("--kv-budget", help="cap the KV cache at this many bytes, e.g. 64MiB "
+    ap.add_argument("--kv-budget", type=_byte_size,
+                    help="cap the KV cache at this many bytes, e.g. 64MiB "
                     f"(default on a machine without a GPU: {CPU_KV_BUDGET})")
     ap.add_argument("--api-key", default=os.environ.get(API_KEY_ENV) or None,
                     help="require 'Authorization: Bearer KEY' on every endpoint but /health "
@@ -255,6 +260,16 @@ def pool_plan(cmd: list[str], env: dict, model_dir: Path, gpu: str) -> str:
     facts = device.known_gpu(gpu)
     return f"{facts.name} ({facts.memory_mib:,} MiB): " + plan_pools(
         model_dir, flags, facts, weights, env).describe()
+
+
+def _byte_size(text: str) -> str:
+    """argparse type: a size :func:`parse_bytes` reads (checked before anything is
+    written), kept as the user wrote it."""
+    try:
+        parse_bytes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -87,6 +87,8 @@ def test_parse_bytes():
     assert parse_bytes("1e6") == 10**6
     with pytest.raises(ValueError):
         parse_bytes("eighty")
+    with pytest.raises(ValueError, match="no memory at all"):  # a server could not start
+        parse_bytes("0MiB")
 
 
 def test_param_count_paper_size_is_about_2b():

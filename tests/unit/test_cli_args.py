@@ -1,13 +1,15 @@
-"""Bad settings of ``python -m harness run`` and ``make bench`` stop before anything is
-sent or started: exit code 2, one line naming the flag, no run folder (a level of 0
-requests waited forever, 0 prompts divided by zero in the report, a negative rate or a
-missing trace file ended in a traceback)."""
+"""Bad settings of ``python -m harness run``, ``make bench``, ``serve`` and ``capacity`` stop before
+anything is sent, started or written: exit code 2, one line naming the flag, no run or
+model folder (a level of 0 requests waited forever, 0 prompts divided by zero in the
+report, a negative rate or a missing trace file ended in a traceback, ``--window 0``
+served the default window and ``--kv-budget 0`` a server that died at start-up)."""
 
 import pytest
 
 from harness import __main__ as harness_cli
 from harness import runner
-from mixkv_bench import bench
+from mixkv_bench import bench, capacity
+from sglang_mixkv import serve
 from tests.helpers.harness_fixtures import run_inproc, stub
 
 
@@ -51,6 +53,8 @@ def test_a_workload_longer_than_the_servers_context_is_refused(tmp_path):
     (["--repeats", "0"], "--repeats 0: Input should be greater than 0"),
     (["--mem-fraction", "1.5"], "--mem-fraction 1.5: Input should be less than or equal to 1"),
     (["--dp", "0"], "--dp 0: Input should be greater than 0"),
+    (["--kv-budget", "lots"], "--kv-budget lots: Value error, cannot read a byte size from "
+                              "'lots' (e.g. 80GiB, 80GB, 1e9)"),
     (["--input-len", "4000", "--output-len", "97"],
      "4000 prompt + 97 output tokens exceed the 'tiny' model's context of 4096"),
 ])
@@ -59,3 +63,42 @@ def test_bench_refuses_bad_settings(tmp_path, capsys, args, says):
     assert bench.main(["--plans", "standard", "--out", str(out), *args]) == 2
     assert capsys.readouterr().err.strip() == f"error: {says}"
     assert not out.exists()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--window", "0"], "error: invalid plan: sliding window must be >= 1 token, got 0"),
+    (["--kv-budget", "0GiB"],
+     "error: argument --kv-budget: '0GiB' is no memory at all: give a size of at least one byte"),
+])
+def test_serve_refuses_bad_settings(tmp_path, monkeypatch, capsys, args, says):
+    monkeypatch.setenv("MIXKV_MODELS", str(tmp_path))
+    try:
+        code = serve.main(["--plan", "ma", "--dry-run", *args])
+    except SystemExit as e:  # argparse's refusal
+        code = e.code
+    assert code == 2 and capsys.readouterr().err.strip().endswith(says)
+    assert not any(tmp_path.iterdir())
+
+
+def test_serve_writes_a_folder_per_window(tmp_path, monkeypatch, capsys):
+    """Another window is another model: its own folder, not a rewrite of the default's."""
+    monkeypatch.setenv("MIXKV_MODELS", str(tmp_path))
+    for extra in ([], ["--window", "16"]):
+        assert serve.main(["--plan", "ma", "--dry-run", *extra]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-ma-seed0", "tiny-ma-w16-seed0"]
+    assert '"sliding_window": 16' in (tmp_path / "tiny-ma-w16-seed0" / "config.json").read_text()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--window", "-3"], "argument --window: -3 is not a positive integer (Input should be "
+                         "greater than 0)"),
+    (["--request-tokens", "0"], "argument --request-tokens: 0 is not a positive integer"),
+    (["--mem-fraction", "2"], "argument --mem-fraction: 2 is not a share in (0, 1] (Input "
+                              "should be less than or equal to 1)"),
+])
+def test_capacity_refuses_bad_settings(capsys, args, says):
+    """(A window of -3 or a request of 0 tokens divided by zero; a memory fraction of 2
+    printed a table.)"""
+    with pytest.raises(SystemExit) as e:
+        capacity.main(args)
+    assert e.value.code == 2 and says in capsys.readouterr().err
