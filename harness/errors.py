@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Annotated, Any, Callable, Mapping
 
-from pydantic import Field, PositiveInt, TypeAdapter, ValidationError
+from pydantic import BeforeValidator, Field, PositiveInt, TypeAdapter, ValidationError
 
 
 def flag_message(err: ValidationError, flags: Mapping[str, str] | None = None) -> str:
@@ -48,5 +48,10 @@ def arg_type(annotation: Any, name: str) -> Callable[[str], Any]:
 #: A fraction of something that must not be empty: (0, 1] (a memory fraction, an attainment)
 Share = Annotated[float, Field(gt=0, le=1)]
 
+#: Concurrency levels: at least one, each a positive count (``"1,8,32"`` on a command line)
+Levels = Annotated[list[PositiveInt], Field(min_length=1), BeforeValidator(
+    lambda v: [x for x in v.split(",") if x.strip()] if isinstance(v, str) else v)]
+
 POSITIVE = arg_type(PositiveInt, "positive integer")
 SHARE = arg_type(Share, "share in (0, 1]")
+LEVELS = arg_type(Levels, "comma-separated list of positive integers")

@@ -9,6 +9,7 @@ import json
 import sys
 from dataclasses import asdict
 
+from harness.errors import LEVELS, POSITIVE, SHARE
 from mixkv_bench import gemma_roofline as gr
 from mixkv_bench import variants
 from mixkv_bench.gemma import PUBLISHED, source_of
@@ -35,24 +36,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu", default="H100", help=f"{', '.join(GPUS)} or 'this' (micro-benchmark)")
     ap.add_argument("--plans", default="all", help="'all' or comma-separated variants (presets or "
                     "plan strings, optionally @adakv=B)")
-    ap.add_argument("--adakv-budget", type=int, help="Ada-KV budget for every plan listed without "
+    ap.add_argument("--adakv-budget", type=POSITIVE, help="Ada-KV budget for every plan listed without "
                     "its own: decode reads the kept prompt + outputs; prefill adds the scoring")
     ap.add_argument("--model", default="paper", choices=list(SIZES) + list(PUBLISHED),
                     help="our model's size, or a published Gemma E-series shape (stock SGLang's "
                     "pools and prefill beside ours; --plans does not apply)")
     ap.add_argument("--workload", default="paper", choices=list(WORKLOADS))
-    ap.add_argument("--num-prompts", type=int)
-    ap.add_argument("--input-len", type=int)
-    ap.add_argument("--output-len", type=int)
-    ap.add_argument("--concurrency", help="comma-separated levels (default: the workload's)")
-    ap.add_argument("--flops-fraction", type=float, default=1.0,
+    ap.add_argument("--num-prompts", type=POSITIVE)
+    ap.add_argument("--input-len", type=POSITIVE)
+    ap.add_argument("--output-len", type=POSITIVE)
+    ap.add_argument("--concurrency", type=LEVELS, help="comma-separated levels (default: the workload's)")
+    ap.add_argument("--flops-fraction", type=SHARE, default=1.0,
                     help=f"share of peak FLOP/s assumed reachable (docs/design.md §10: {ACHIEVABLE[0]})")
-    ap.add_argument("--bw-fraction", type=float, default=1.0,
+    ap.add_argument("--bw-fraction", type=SHARE, default=1.0,
                     help=f"share of peak bandwidth assumed reachable (docs/design.md §10: {ACHIEVABLE[1]})")
-    ap.add_argument("--mem-fraction", type=float, default=0.85, help="KV budget = memory x this - weights")
+    ap.add_argument("--mem-fraction", type=SHARE, default=0.85, help="KV budget = memory x this - weights")
     ap.add_argument("--kv-budget", help="KV budget instead, e.g. 64MiB")
-    ap.add_argument("--max-running", type=int, help="--max-running-requests (default: serve's)")
-    ap.add_argument("--chunk", type=int, help="--chunked-prefill-size (default: serve's)")
+    ap.add_argument("--max-running", type=POSITIVE, help="--max-running-requests (default: serve's)")
+    ap.add_argument("--chunk", type=POSITIVE, help="--chunked-prefill-size (default: serve's)")
     ap.add_argument("--fast-prefill", action=argparse.BooleanOptionalAction, default=True,
                     help="layers after the last producer on the logit rows only (YOCO; "
                     "the server's default)")
@@ -63,10 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.model in PUBLISHED:
         return gemma_main(a)
     size = get_size(a.model)
-    specs = [v.label if v.adakv_budget or not a.adakv_budget else f"{v.label}@adakv={a.adakv_budget}"
-             for v in variants.parse_list(a.plans)]
     wl = workload_from_args(a)
     try:
+        specs = [v.label if v.adakv_budget or not a.adakv_budget else f"{v.label}@adakv={a.adakv_budget}"
+                 for v in variants.parse_list(a.plans)]
         for s in specs:
             variants.parse(s).resolve(size.num_layers)
         hw = hardware_from_args(a.gpu, size, specs, a.flops_fraction, a.bw_fraction)
@@ -93,8 +94,7 @@ def workload_from_args(a: argparse.Namespace) -> Workload:
     base = WORKLOADS[a.workload]
     return Workload(a.num_prompts or base.num_prompts, a.input_len or base.input_len,
                     a.output_len or base.output_len,
-                    tuple(int(x) for x in a.concurrency.split(",")) if a.concurrency
-                    else base.concurrency)
+                    tuple(a.concurrency) if a.concurrency else base.concurrency)
 
 
 def gemma_main(a: argparse.Namespace) -> int:

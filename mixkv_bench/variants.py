@@ -44,11 +44,13 @@ def parse(text: str) -> Variant:
         raise VariantError(f"variant {text!r} has no plan (write PLAN or PLAN@adakv=B)")
     budget = None
     for option in filter(None, options.split("@")):
-        m = re.fullmatch(r"adakv=0*([1-9]\d*)", option)
+        m = re.fullmatch(r"adakv=(\d+)", option)
         if not m:
             raise VariantError(f"variant {text!r}: unknown option {option!r} (known: adakv=B, "
-                               "B a positive integer budget in tokens)")
+                               "B an integer budget in tokens)")
         budget = int(m.group(1))
+        if budget < 1:
+            raise VariantError(f"variant {text!r}: an Ada-KV budget keeps at least one token")
     return Variant(text, plan, budget)
 
 

@@ -85,7 +85,7 @@ def test_variant_syntax():
     assert (v.plan, v.adakv_budget, v.serve_args()) == ("ma", 128, ["--adakv-budget", "128"])
     assert variants.parse("GLlLllLlLllg").adakv_budget is None
     for bad, says in (("ma@adakv=x", "unknown option"), ("ma@foo=1", "unknown option"),
-                      ("ma@adakv=0", "positive integer budget"), ("@adakv=3", "no plan")):
+                      ("ma@adakv=0", "at least one token"), ("@adakv=3", "no plan")):
         with pytest.raises(variants.VariantError, match=says):
             variants.parse(bad)
     assert parse("GLlg") == variants.parse("GLlg@adakv=9").resolve(4)

@@ -1,14 +1,15 @@
-"""Bad settings of ``python -m harness run``, ``make bench``, ``serve`` and ``capacity`` stop before
-anything is sent, started or written: exit code 2, one line naming the flag, no run or
-model folder (a level of 0 requests waited forever, 0 prompts divided by zero in the
-report, a negative rate or a missing trace file ended in a traceback, ``--window 0``
-served the default window and ``--kv-budget 0`` a server that died at start-up)."""
+"""Bad settings of ``python -m harness run``, ``make bench``, ``serve``, ``capacity`` and
+``roofline`` stop before anything is sent, started or written: exit code 2, one line
+naming the flag, no run or model folder (a level of 0 requests waited forever, 0 prompts
+divided by zero in the report, a negative rate or a missing trace file ended in a
+traceback, ``--window 0`` served the default window and ``--kv-budget 0`` a server that
+died at start-up)."""
 
 import pytest
 
 from harness import __main__ as harness_cli
 from harness import runner
-from mixkv_bench import bench, capacity
+from mixkv_bench import bench, capacity, roofline_cli
 from sglang_mixkv import serve
 from tests.helpers.harness_fixtures import run_inproc, stub
 
@@ -101,4 +102,17 @@ def test_capacity_refuses_bad_settings(capsys, args, says):
     printed a table.)"""
     with pytest.raises(SystemExit) as e:
         capacity.main(args)
+    assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--concurrency", "1,0"], "argument --concurrency: 1,0 is not a comma-separated list of "
+                               "positive integers (Input should be greater than 0)"),
+    (["--flops-fraction", "0"], "argument --flops-fraction: 0 is not a share in (0, 1]"),
+])
+def test_roofline_refuses_bad_settings(capsys, args, says):
+    """(A FLOP/s fraction of 0 divided by zero; a level of 0 and a bandwidth fraction of 3
+    printed bounds.)"""
+    with pytest.raises(SystemExit) as e:
+        roofline_cli.main(args)
     assert e.value.code == 2 and says in capsys.readouterr().err
