@@ -49,6 +49,7 @@ from typing import Any
 
 import aiohttp
 
+from harness.errors import POSITIVE
 from harness import sampler
 from sglang_mixkv.defaults import ADMIN_API_KEY_ENV, API_KEY_ENV, auth_headers, redact_argv
 from sglang_mixkv.model_folder import get_size
@@ -594,15 +595,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sglang_mixkv.soak", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--url", help="a running server (default: start the tiny ma server)")
-    ap.add_argument("--requests", type=int, default=1200)
-    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--requests", type=POSITIVE, default=1200)
+    ap.add_argument("--concurrency", type=POSITIVE, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--kind", choices=["soak", "fuzz"], default="soak",
                     help="soak: the mix above; fuzz: random bodies only")
     tiny = get_size("tiny")  # the server started without --url
-    ap.add_argument("--vocab", type=int, default=tiny.vocab,
+    ap.add_argument("--vocab", type=POSITIVE, default=tiny.vocab,
                     help=f"the server's vocabulary (tiny: {tiny.vocab})")
-    ap.add_argument("--context", type=int, default=tiny.max_position,
+    ap.add_argument("--context", type=POSITIVE, default=tiny.max_position,
                     help=f"the server's context length (tiny: {tiny.max_position})")
     ap.add_argument("--api-key", default=os.environ.get(API_KEY_ENV) or None,
                     help=f"--url: the server's inference key (default: ${API_KEY_ENV}); with "
@@ -610,9 +611,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--admin-api-key", default=os.environ.get(ADMIN_API_KEY_ENV) or None,
                     help=f"--url: the server's admin key, used only for the final cache flush "
                     f"(default: ${ADMIN_API_KEY_ENV})")
-    ap.add_argument("--adakv-budget", type=int, help="start the server with Ada-KV at this "
+    ap.add_argument("--adakv-budget", type=POSITIVE, help="start the server with Ada-KV at this "
                     "budget (prompts of at least it compress; the report counts them)")
-    ap.add_argument("--adakv-window", type=int, default=16,
+    ap.add_argument("--adakv-window", type=POSITIVE, default=16,
                     help="with --adakv-budget: the observation window (16)")
     ap.add_argument("--out", type=Path, help="write report.md and soak.json here")
     a = ap.parse_args(argv)
@@ -631,11 +632,15 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(run(url, cases, a.concurrency, a.seed, auth_headers(a.api_key),
                                a.admin_api_key))
 
+    from harness.server import healthy, launched_on_free_port
+
     if a.url:
+        if not healthy(a.url.rstrip("/")):
+            print(f"error: no healthy server at {a.url} (GET /health)", file=sys.stderr)
+            return 2
         meta["url"] = a.url
         s = go(a.url.rstrip("/"))
     else:
-        from harness.server import healthy, launched_on_free_port
 
         args = ["--plan", "ma", "--size", tiny.name, "--kv-budget", "16MiB",
                 "--max-running-requests", "8", "--chunked-prefill-size", "128",

@@ -1,15 +1,15 @@
-"""Bad settings of ``python -m harness run``, ``make bench``, ``serve``, ``capacity`` and
-``roofline`` stop before anything is sent, started or written: exit code 2, one line
-naming the flag, no run or model folder (a level of 0 requests waited forever, 0 prompts
-divided by zero in the report, a negative rate or a missing trace file ended in a
-traceback, ``--window 0`` served the default window and ``--kv-budget 0`` a server that
-died at start-up)."""
+"""Bad settings of the command lines (``python -m harness run``, ``make bench``, ``serve``,
+``capacity``, ``roofline``, ``soak``) stop before anything is sent, started or written:
+exit code 2, one line naming the flag, no run or model folder (a level of 0 requests
+waited forever, 0 prompts divided by zero in the report, a negative rate or a missing
+trace file ended in a traceback, ``--window 0`` served the default window and
+``--kv-budget 0`` a server that died at start-up)."""
 
 import pytest
 
 from harness import __main__ as harness_cli
 from harness import runner
-from mixkv_bench import bench, capacity, roofline_cli
+from mixkv_bench import bench, capacity, roofline_cli, soak
 from sglang_mixkv import serve
 from tests.helpers.harness_fixtures import run_inproc, stub
 
@@ -116,3 +116,12 @@ def test_roofline_refuses_bad_settings(capsys, args, says):
     with pytest.raises(SystemExit) as e:
         roofline_cli.main(args)
     assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_soak_refuses_bad_settings_and_a_server_that_is_not_there(capsys):
+    """(Concurrency 0 sent nothing and passed; an unreachable --url was a traceback.)"""
+    with pytest.raises(SystemExit) as e:
+        soak.main(["--url", "http://127.0.0.1:9", "--concurrency", "0"])
+    assert e.value.code == 2 and "--concurrency: 0 is not a positive integer" in capsys.readouterr().err
+    assert soak.main(["--url", "http://127.0.0.1:9", "--requests", "4"]) == 2
+    assert capsys.readouterr().err.strip() == "error: no healthy server at http://127.0.0.1:9 (GET /health)"
