@@ -33,6 +33,7 @@ import tempfile
 from pathlib import Path
 
 from harness import metrics, server, sysinfo
+from harness.errors import LEVELS, POSITIVE
 
 DEFAULT_SERVER = (f"{sys.executable} -m sglang_mixkv.serve --plan standard --size tiny "
                   "--port {port}")
@@ -55,11 +56,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server-env", default="OMP_NUM_THREADS=1",
                    help="K=V[,K=V] for the started server (default: one torch thread; see the report)")
     p.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
-    p.add_argument("--num-prompts", type=int, default=64)
-    p.add_argument("--input-len", type=int, default=256)
-    p.add_argument("--output-len", type=int, default=16)
-    p.add_argument("--concurrency", default="1,8,32")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--num-prompts", type=POSITIVE, default=64)
+    p.add_argument("--input-len", type=POSITIVE, default=256)
+    p.add_argument("--output-len", type=POSITIVE, default=16)
+    p.add_argument("--concurrency", type=LEVELS, default="1,8,32")
+    p.add_argument("--repeats", type=POSITIVE, default=3)
     p.add_argument("--min-tolerance", type=float, default=0.02,
                    help="smallest allowed |ours/theirs - 1| when both tools' repeats agree "
                    "closer than this (the gate is otherwise the larger tool's spread)")
@@ -120,7 +121,7 @@ def run_ours(a, url, c, tmp: Path) -> dict:
 
 
 def measure(a: argparse.Namespace, url: str, port: int) -> dict:
-    levels = [int(x) for x in a.concurrency.split(",")]
+    levels = list(a.concurrency)
     res: dict = {str(c): {"harness": [], "bench_serving": []} for c in levels}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(a.repeats):
@@ -182,7 +183,7 @@ def main(a: argparse.Namespace) -> int:
     cmd = shlex.split(a.server_cmd.format(port=port))
     cmp = compare(res, a.min_tolerance)
     ok = all(v["within"] for row in cmp.values() for k, v in row.items() if k in GATED)
-    levels = [int(x) for x in a.concurrency.split(",")]
+    levels = list(a.concurrency)
     doc = {"what": "harness vs sglang.bench_serving, same server and workload shape",
            "server_cmd": None if a.url else shlex.join(cmd), "server_env": None if a.url else env,
            "url": url,

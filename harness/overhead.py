@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from harness import metrics, runner, sysinfo
+from harness.errors import POSITIVE
 
 # ---- the firehose server (runs in its own process) ----------------------------------
 
@@ -104,11 +105,11 @@ def measure(url: str, streams: int, input_len: int, output_len: int, out: Path) 
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--streams", type=int, default=300)
-    p.add_argument("--input-len", type=int, default=31_000)
-    p.add_argument("--output-len", type=int, default=1_000)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--batch", type=int, default=16, help="events per server write")
+    p.add_argument("--streams", type=POSITIVE, default=300)
+    p.add_argument("--input-len", type=POSITIVE, default=31_000)
+    p.add_argument("--output-len", type=POSITIVE, default=1_000)
+    p.add_argument("--repeats", type=POSITIVE, default=3)
+    p.add_argument("--batch", type=POSITIVE, default=16, help="events per server write")
     p.add_argument("--chunk-style", choices=["cumulative", "incremental", "both"], default="both")
     p.add_argument("--out", type=Path, default=Path("results/harness"))
     p.set_defaults(func=main)
