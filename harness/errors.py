@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 from typing import Annotated, Any, Callable, Mapping
 
-from pydantic import BeforeValidator, Field, PositiveInt, TypeAdapter, ValidationError
+from pydantic import (BeforeValidator, Field, NonNegativeInt, PositiveInt, TypeAdapter,
+                      ValidationError)
 
 
 def flag_message(err: ValidationError, flags: Mapping[str, str] | None = None) -> str:
@@ -53,5 +54,6 @@ Levels = Annotated[list[PositiveInt], Field(min_length=1), BeforeValidator(
     lambda v: [x for x in v.split(",") if x.strip()] if isinstance(v, str) else v)]
 
 POSITIVE = arg_type(PositiveInt, "positive integer")
+NON_NEGATIVE = arg_type(NonNegativeInt, "non-negative integer")
 SHARE = arg_type(Share, "share in (0, 1]")
 LEVELS = arg_type(Levels, "comma-separated list of positive integers")

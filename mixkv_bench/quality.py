@@ -57,6 +57,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.errors import NON_NEGATIVE, POSITIVE
 from harness.server import launched_on_free_port
 from harness.sysinfo import provenance_lines
 from mixkv_bench import forced, recall, variants
@@ -482,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", help="how budgets are served, comma-separated, of: "
                     f"{', '.join(METHODS)} (default: all; adakv-readers only on plans where "
                     "a layer reads another's global KV)")
-    ap.add_argument("--adakv-window", type=int, default=ADAKV_WINDOW,
+    ap.add_argument("--adakv-window", type=POSITIVE, default=ADAKV_WINDOW,
                     help=f"Ada-KV's observation window for every budget ({ADAKV_WINDOW}, "
                     "serve's default); budgets must lie above it")
     ap.add_argument("--contexts", help="context lengths (default: the trained one)")
@@ -491,11 +492,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--regimes", default="agnostic,aware", help="agnostic (the keys asked only "
                     "after the prompt), aware (also in the prompt, before compression), or both "
                     "(default)")
-    ap.add_argument("--sequences", type=int, default=64,
+    ap.add_argument("--sequences", type=POSITIVE, default=64,
                     help="held-out sequences per context, layout and regime")
-    ap.add_argument("--check", type=int, default=16, help="requests per setting replayed "
+    ap.add_argument("--check", type=NON_NEGATIVE, default=16, help="requests per setting replayed "
                     "through the reference (0: none)")
-    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--concurrency", type=POSITIVE, default=8)
     ap.add_argument("--out", type=Path, help="report folder (default: results/quality-<time>)")
     ap.add_argument("--resume", action="store_true", help="keep the records of settings "
                     "already in --out (a run stopped part way goes on where it stopped)")
