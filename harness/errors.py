@@ -46,7 +46,7 @@ def arg_type(annotation: Any, name: str) -> Callable[[str], Any]:
     return parse
 
 
-#: A fraction of something that must not be empty: (0, 1] (a memory fraction, an attainment)
+#: A share in (0, 1]: a memory fraction, an attainment target, a fraction of peak
 Share = Annotated[float, Field(gt=0, le=1)]
 
 #: Concurrency levels: at least one, each a positive count (``"1,8,32"`` on a command line)

@@ -21,7 +21,13 @@ DECODE_LOG_INTERVAL = 8  # decode steps between SGLang's /metrics gauge updates
 SERVER_START_S = 1800  # paper size on a GPU: model folder, dummy weights, CUDA graphs
 
 
-ByteSize = Annotated[str, AfterValidator(lambda text: parse_bytes(text) and text)]  # "64MiB"
+def _readable_size(text: str) -> str:
+    """A byte size as written (``"64MiB"``), once :func:`parse_bytes` reads it."""
+    parse_bytes(text)
+    return text
+
+
+ByteSize = Annotated[str, AfterValidator(_readable_size)]
 
 
 @dataclass
@@ -49,6 +55,7 @@ class Settings:
     slo_target: Share = 0.9  # attainment a level must reach to count as meeting the SLO
     dp: PositiveInt = 1  # servers per variant; more than one: behind sglang-router
     shared_prefix: str | None = None  # "GROUPS:TOKENS": prompts share a prefix per group
+
 
 def defaults(gpu: bool, capacity_only: bool = False) -> Settings:
     if gpu:

@@ -49,8 +49,8 @@ from typing import Any
 
 import aiohttp
 
-from harness.errors import POSITIVE
 from harness import sampler
+from harness.errors import POSITIVE
 from sglang_mixkv.defaults import ADMIN_API_KEY_ENV, API_KEY_ENV, auth_headers, redact_argv
 from sglang_mixkv.model_folder import get_size
 
@@ -641,7 +641,6 @@ def main(argv: list[str] | None = None) -> int:
         meta["url"] = a.url
         s = go(a.url.rstrip("/"))
     else:
-
         args = ["--plan", "ma", "--size", tiny.name, "--kv-budget", "16MiB",
                 "--max-running-requests", "8", "--chunked-prefill-size", "128",
                 "--enable-metrics"]
