@@ -28,6 +28,8 @@ None); every other model passes through them unchanged.
 - :mod:`.patches.validation`: token ids and vocabulary-sized options out of range get a
   400 before anything reaches the scheduler (stock 0.5.17 lets them kill the server);
 - :mod:`.patches.crash_fixes`: valid requests that stopped stock 0.5.17's scheduler;
+- :mod:`.patches.parser_names`: an unknown parser name in ``/parse_function_call`` or
+  ``/separate_reasoning`` is a 400 listing the known ones (stock: a 500);
 - :mod:`.patches.torch_native`: the ``torch_native`` backend reads SWA layers through
   the full->SWA index map (stock reads them with full-pool indices) and honours windows;
 - :mod:`.patches.rotary_cpu`: SGLang's rotary embedding on plain torch without CUDA;
@@ -62,6 +64,7 @@ def hooks(cuda: bool) -> list[Hook]:
     from sglang_mixkv.sglang_seams.patches import crash_fixes as fix
     from sglang_mixkv.sglang_seams.patches import fork_cpu
     from sglang_mixkv.sglang_seams.patches import gemma
+    from sglang_mixkv.sglang_seams.patches import parser_names
     from sglang_mixkv.sglang_seams.patches import validation as val
 
     listed = [
@@ -96,6 +99,8 @@ def hooks(cuda: bool) -> list[Hook]:
         Hook(fix.LOGPROB_META, fix.input_top_logprobs_always, "AFTER"),
         *(Hook(target, fix.expert_records_need_a_recorder, "BEFORE")
           for target in fix.EXPERT_RECORDS),
+        Hook(parser_names.TOOL_PARSER_INIT, parser_names.known_tool_parser, "BEFORE"),
+        Hook(parser_names.REASONING_PARSER_INIT, parser_names.known_reasoning_parser, "BEFORE"),
         Hook(gemma.UPDATE_INTERMEDIATE, gemma.pad_numbers_only, "AROUND"),
         Hook(gemma.MODEL_GET_CONFIG, gemma.gemma4_text_names, "AFTER"),
         Hook(gemma.SOFTCAP, gemma.softcap_cpu_tensors, "AROUND"),

@@ -30,9 +30,9 @@ def test_plugin_registers_the_model_backends_and_every_hook():
         assert ATTENTION_BACKENDS[name] is factory
     listed = sglang_seams.hooks(cuda=torch.cuda.is_available())
     # 7 (3 for Gemma's layer lists) + 4 (Gemma fast prefill) + 9 (Ada-KV) mixkv/ hooks,
-    # 4 admin/key hooks, 3 validation, 6 crash fixes + 2 CPU-only ones, 4 Gemma fixes,
-    # and on CPU the forked subprocesses
-    assert len(listed) == 40 - 3 * torch.cuda.is_available()
+    # 4 admin/key hooks, 3 validation, 6 crash fixes + 2 CPU-only ones, 2 parser names,
+    # 4 Gemma fixes, and on CPU the forked subprocesses
+    assert len(listed) == 42 - 3 * torch.cuda.is_available()
     for hook in listed:
         assert callable(pkgutil.resolve_name(hook.target)), hook.target
         registered = [fn for _, fn, _ in HookRegistry._hooks[hook.target]]
@@ -85,3 +85,25 @@ def test_without_cuda_the_launcher_forks_its_subprocesses(monkeypatch):
         assert multiprocessing.get_start_method() == "fork"
     finally:
         multiprocessing.set_start_method(before, force=True)
+
+
+def test_an_unknown_parser_name_is_a_400_listing_the_known_ones():
+    """``/parse_function_call`` and ``/separate_reasoning`` build the parser the client
+    names; stock SGLang raised ValueError there (a 500). The server's own names (chat
+    serving, the scheduler) are the same constructors, so known names must still pass."""
+    from fastapi import HTTPException
+    from sglang.srt.function_call.function_call_parser import FunctionCallParser
+    from sglang.srt.parser.reasoning_parser import ReasoningParser
+    from sglang.srt.plugins import load_plugins
+
+    load_plugins()
+    for build, field in ((lambda n: FunctionCallParser(tools=[], tool_call_parser=n),
+                          "tool_call_parser"),
+                         (lambda n: ReasoningParser(model_type=n), "reasoning_parser")):
+        for name in ("nope", None, 5):
+            with pytest.raises(HTTPException) as e:
+                build(name)
+            assert e.value.status_code == 400 and f"{field} {name!r}" in e.value.detail
+            assert "qwen25" in e.value.detail or "deepseek-r1" in e.value.detail
+    assert FunctionCallParser(tools=[], tool_call_parser="qwen25").detector is not None
+    assert ReasoningParser(model_type="DeepSeek-R1").detector is not None

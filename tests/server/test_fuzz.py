@@ -35,7 +35,8 @@ KEY = "fuzz-" + secrets.token_hex(8)
 HEADERS = auth_headers(KEY)
 
 #: (what, path, body, words the 400's message must contain). Each of these killed the
-#: server or was accepted silently before sglang_seams.validation (see its docstring).
+#: server or was accepted silently before sglang_seams.validation (see its docstring), or
+#: was a 500 (the last three).
 BAD = [
     ("id = vocab", "/generate", {"input_ids": [5, V], "sampling_params": SP},
      ["input_ids[1]", f"[0, {V})"]),
@@ -96,6 +97,12 @@ BAD = [
     ("completions stop_token_ids", "/v1/completions",
      {"model": "default", "prompt": [5, 6], "max_tokens": 2, "stop_token_ids": [V]},
      ["stop_token_ids[0]", f"[0, {V})"]),
+    # 500s rather than crashes (sglang_seams.patches.parser_names)
+    ("unknown tool parser", "/parse_function_call", {"text": "x", "tool_call_parser": "nope"},
+     ["tool_call_parser 'nope'", "qwen25"]),
+    ("no tool parser", "/parse_function_call", {"text": "x"}, ["tool_call_parser None"]),
+    ("unknown reasoning parser", "/separate_reasoning",
+     {"text": "x", "reasoning_parser": "nope"}, ["reasoning_parser 'nope'", "deepseek-r1"]),
 ]
 
 
