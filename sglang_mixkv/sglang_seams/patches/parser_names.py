@@ -4,7 +4,7 @@ Error" with a traceback in the log).
 
 Both routes build the parser the client names (``entrypoints/http_server.py:1608`` and
 ``:1636``); the constructors raise ``ValueError`` for a name they do not know
-(``function_call/function_call_parser.py:99-109``, ``parser/reasoning_parser.py:1657-1664``),
+(``function_call/function_call_parser.py:99-109``, ``parser/reasoning_parser.py:1656-1669``),
 which nothing on the way catches. ``/parse_function_call``'s ``tool_call_parser`` is even
 optional (``managers/io_struct.py:2084``, "if not specified, tries all"), and leaving it
 out was the same 500.
