@@ -4,16 +4,18 @@ Error" with a traceback in the log).
 
 Both routes build the parser the client names (``entrypoints/http_server.py:1608`` and
 ``:1636``); the constructors raise ``ValueError`` for a name they do not know
-(``function_call/function_call_parser.py:99-109``, ``parser/reasoning_parser.py:1656-1669``),
-which nothing on the way catches. ``/parse_function_call``'s ``tool_call_parser`` is even
-optional (``managers/io_struct.py:2084``, "if not specified, tries all"), and leaving it
-out was the same 500.
+(``function_call/function_call_parser.py:99-109``,
+``parser/reasoning_parser.py:1656-1669``), which nothing on the way catches.
+``/parse_function_call``'s ``tool_call_parser`` is even optional
+(``managers/io_struct.py:2084``, "if not specified, tries all"), and leaving it out was
+the same 500.
 
 BEFORE hooks on the two constructors raise ``HTTPException(400)`` instead, which SGLang's
 handler turns into its JSON error (``http_server.py:524``). Everywhere else the
 constructors take the server's own ``--tool-call-parser`` / ``--reasoning-parser``
-(chat serving, the scheduler, the grammar backend), which SGLang's argument parser has
-already held to the same names, so only a client's name can reach the hooks' refusal.
+(chat serving, the scheduler, the grammar backend), which SGLang's argument parser holds
+to the same names (``server_args.py:8220-8239``; ``auto`` is resolved at start-up,
+``entrypoints/engine.py:1078-1082``), so only a client's name can reach the refusal.
 """
 
 from __future__ import annotations
