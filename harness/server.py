@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from harness import prefork
+
 #: what the log says when a port the server chose is taken by the time it binds it:
 #: uvicorn's HTTP port (SGLang then hangs instead of exiting), or the torch.distributed
 #: port SGLang picks free at launch (its scheduler dies; two servers starting at once can
@@ -27,21 +29,24 @@ ADDRESS_IN_USE = ("address already in use", "Address already in use", "EADDRINUS
 
 
 #: environment variable naming a file where every server that becomes ready appends one
-#: JSON line (its command's module and plan, seconds from spawn to ready): how ``make
-#: test`` counts the server starts it made and what they cost
+#: JSON line (its command's module and plan, seconds from spawn to ready, whether it was
+#: forked from a prefork and ran in place): how ``make test`` counts the server starts it
+#: made and what they cost
 STARTS_ENV = "MIXKV_SERVER_STARTS"
 
 
-def _record_start(proc: subprocess.Popen, seconds: float) -> None:
+def _record_start(proc: subprocess.Popen | prefork.Forked, seconds: float, log: Path) -> None:
     path = os.environ.get(STARTS_ENV)
     if not path:
         return
     args = [str(a) for a in proc.args] if isinstance(proc.args, (list, tuple)) else [str(proc.args)]
     what = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-m", "--plan", "--model-path")]
     what = what or args[1:2] or args[:1]  # a script: its name
+    forked = (isinstance(proc, prefork.Forked)
+              and prefork.FRESH not in log.read_text(errors="replace")[:4096])
     with open(path, "a") as f:  # one short line per append: whole lines from any process
         f.write(json.dumps({"what": " ".join(Path(w).name for w in what),
-                            "seconds": round(seconds, 2)}) + "\n")
+                            "seconds": round(seconds, 2), "forked": forked}) + "\n")
 
 
 class AddressInUse(RuntimeError):
@@ -86,7 +91,7 @@ def _group_alive(pgid: int) -> bool:
         return False
 
 
-def kill_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
+def kill_group(proc: subprocess.Popen | prefork.Forked, grace: float = 10.0) -> None:
     """SIGTERM the process group, SIGKILL whatever is left after ``grace`` seconds, and
     wait (up to 10 s more) until no process of the group is left."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
@@ -107,7 +112,7 @@ class Started:
     log. ``stop()`` kills the whole process group."""
 
     url: str
-    proc: subprocess.Popen
+    proc: subprocess.Popen | prefork.Forked
     log: Path
 
     def stop(self) -> None:
@@ -118,14 +123,19 @@ class Started:
 
 
 def spawn(cmd: list[str], log: Path, env: dict | None = None,
-          cwd: str | Path | None = None) -> subprocess.Popen:
+          cwd: str | Path | None = None) -> subprocess.Popen | prefork.Forked:
     """Run ``cmd`` in its own process group, output to ``log``; returns at once (see
-    :func:`wait_ready`)."""
+    :func:`wait_ready`). Where a prefork is named (:mod:`harness.prefork`, the test
+    suite's) a ``python -m`` command is forked from it instead of started afresh."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, **(env or {})}, cwd=cwd)
-    proc.mixkv_spawned = time.monotonic()
+    spawned = time.monotonic()
+    full_env = {**os.environ, **(env or {})}
+    proc = prefork.fork(cmd, log, full_env, cwd)
+    if proc is None:
+        with open(log, "w") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True, env=full_env, cwd=cwd)
+    proc.mixkv_spawned = spawned
     return proc
 
 
@@ -138,7 +148,7 @@ def start(cmd: list[str], url: str, log: Path, timeout: float = 600.0, env: dict
     return wait_ready(spawn(cmd, log, env, cwd), url, log, timeout, ready)
 
 
-def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 600.0,
+def wait_ready(proc: subprocess.Popen | prefork.Forked, url: str, log: Path, timeout: float = 600.0,
                ready: Callable[[str], bool] = healthy) -> Started:
     """Wait until the server ``proc`` (started by :func:`spawn`, output in ``log``)
     answers ``ready(url)``; on failure kill its group and raise as :func:`start`."""
@@ -156,7 +166,7 @@ def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 600
     except BaseException:
         kill_group(proc)
         raise
-    _record_start(proc, time.monotonic() - getattr(proc, "mixkv_spawned", deadline - timeout))
+    _record_start(proc, time.monotonic() - getattr(proc, "mixkv_spawned", deadline - timeout), log)
     return Started(url, proc, log)
 
 

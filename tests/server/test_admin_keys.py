@@ -14,6 +14,7 @@ import threading
 import pytest
 import requests
 
+from harness.prefork import PREFORK_ENV
 from mixkv_bench import soak
 from tests.helpers.harness_fixtures import cli
 from tests.helpers.serving import start_server
@@ -53,7 +54,8 @@ def server(tmp_path_factory):
                       "--chunked-prefill-size", "128", "--enable-metrics"],
                      log=tmp / "server.log",
                      env={"MIXKV_API_KEY": KEY, "MIXKV_ADMIN_API_KEY": ADMIN,
-                          **soak.STRICT_MEM_CHECK})
+                          **soak.STRICT_MEM_CHECK,
+                          PREFORK_ENV: ""})  # a fresh process: its argv is checked below
     yield s
     s.stop()
 
