@@ -148,7 +148,8 @@ def start(cmd: list[str], url: str, log: Path, timeout: float = 600.0, env: dict
     return wait_ready(spawn(cmd, log, env, cwd), url, log, timeout, ready)
 
 
-def wait_ready(proc: subprocess.Popen | prefork.Forked, url: str, log: Path, timeout: float = 600.0,
+def wait_ready(proc: subprocess.Popen | prefork.Forked, url: str, log: Path,
+               timeout: float = 600.0,
                ready: Callable[[str], bool] = healthy) -> Started:
     """Wait until the server ``proc`` (started by :func:`spawn`, output in ``log``)
     answers ``ready(url)``; on failure kill its group and raise as :func:`start`."""

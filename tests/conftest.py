@@ -37,8 +37,11 @@ FIRST = ("server/test_triton.py", "server/test_serving.py", "server/test_gemma.p
 def _keep_environment():
     saved = dict(os.environ)
     yield
-    os.environ.clear()
-    os.environ.update(saved)
+    for name in set(os.environ) - set(saved):  # by name: threads may be reading it
+        del os.environ[name]
+    for name, value in saved.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
 
 
 #: What a test or module writes into ``os.environ`` is undone after it: SGLang run in-process

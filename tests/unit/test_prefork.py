@@ -20,7 +20,8 @@ def test_run_time_names_may_differ_import_time_names_may_not():
     same = {**base, "MIXKV_API_KEY": "k", "PYTEST_CURRENT_TEST": "b",
             "SGLANG_SWA_EVICTION_INTERVAL": "2"}
     assert prefork.import_differences(same, base) == []
-    assert prefork.import_differences({**base, "TRITON_INTERPRET": "1"}, base) == ["TRITON_INTERPRET"]
+    interpret = {**base, "TRITON_INTERPRET": "1"}
+    assert prefork.import_differences(interpret, base) == ["TRITON_INTERPRET"]
     assert prefork.import_differences({"PATH": "/bin"}, base) == ["OMP_NUM_THREADS"]
     assert prefork.socket_name({"TRITON_INTERPRET": "1"}) != prefork.socket_name({})
     assert prefork.socket_name({"OMP_NUM_THREADS": "4"}) == prefork.socket_name({})
