@@ -17,8 +17,9 @@ runs in place only when its environment equals the prefork's own except for
 :data:`RUN_TIME` names (read when the server runs, checked in their readers); otherwise
 it execs a fresh interpreter, as without a prefork, and says so in its log. Nothing is
 shared that a fresh process would not build the same way: the prefork starts no thread
-and opens no socket but its listening one (closed in each child), and each child reseeds
-Python's and NumPy's global generators.
+(it checks) and opens no socket but its listening one (closed in each child), and each
+child reseeds Python's and NumPy's global generators. What children do share is the
+string hash seed (set iteration order; the suite compares nothing that depends on it).
 
 Used by the test suite (``tests/conftest.py`` starts one per import environment and
 names their sockets' folder in :data:`PREFORK_ENV`); :func:`harness.server.spawn` asks one
