@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import hashlib
 import importlib
 import json
 import os
@@ -96,8 +95,7 @@ def import_differences(env: dict[str, str], base: dict[str, str]) -> list[str]:
 def socket_name(env: dict[str, str]) -> str:
     """The socket of the prefork for ``env``'s import environment: keyed by what differs
     between prefork environments (``TRITON_INTERPRET``), the rest is checked in the child."""
-    key = json.dumps({"TRITON_INTERPRET": env.get("TRITON_INTERPRET", "")})
-    return hashlib.sha1(key.encode()).hexdigest()[:12] + ".sock"
+    return f"interpret-{env.get('TRITON_INTERPRET') or 'unset'}.sock"
 
 
 # --- client ---------------------------------------------------------------------------
@@ -281,6 +279,7 @@ def serve(path: str, warm: tuple[str, ...] = WARM) -> None:
     listener.listen(64)
     Path(path + ".ready").touch()
     print(f"prefork: warm, listening on {path}", flush=True)
+
     def reap() -> None:
         with contextlib.suppress(ChildProcessError):
             while (reaped := os.waitpid(-1, os.WNOHANG))[0]:
